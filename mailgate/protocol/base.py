@@ -20,6 +20,10 @@ Driver contract, for every protocol:
   the login command, to forward verbatim (SPEC 4.3).
 * ``UpstreamLogin.receive_data(data)`` takes backend bytes and returns
   ``Send`` (to the backend), then ``LoginSucceeded`` or ``LoginFailed``.
+* After ``StartTLS`` the driver runs the handshake and calls
+  ``Session.tls_started()``; client bytes fed before that are plaintext
+  pipelined after the STARTTLS command and are dropped (SPEC 4.3).
+* After ``Close`` the session ignores further input.
 """
 
 from __future__ import annotations
@@ -139,3 +143,64 @@ class ProtocolError(Exception):
         super().__init__(reply)
         self.reply = reply
         self.close = close
+
+
+# --- input buffering ----------------------------------------------------------
+
+
+class LineBuffer:
+    """Client bytes received and not yet handled, cut into LF-terminated lines.
+
+    nginx keeps a fixed buffer and rewinds it only once every byte in it has
+    been handled, so a pipelined burst overflows it even when each command is
+    short (SPEC 4.1). mailgate removes each line as soon as it is taken (the
+    buffer is compacted, SPEC "Do better" and Appendix B item 4): the only
+    limit is ``limit`` bytes per line, LF included.
+    """
+
+    __slots__ = ("_data", "_scanned", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"line limit must be positive, not {limit}")
+        self.limit = limit
+        self._data = bytearray()
+        # How many leading bytes are known to hold no LF, so that a line
+        # arriving byte by byte is not scanned again from its start each time.
+        self._scanned = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def feed(self, data: bytes) -> None:
+        self._data += data
+
+    def pop_line(self) -> bytes | None:
+        """The next complete line, LF included, or None if none fits yet."""
+        end = self._data.find(b"\n", self._scanned, self.limit)
+        if end < 0:
+            self._scanned = min(len(self._data), self.limit)
+            return None
+        line = bytes(self._data[: end + 1])
+        del self._data[: end + 1]
+        self._scanned = 0
+        return line
+
+    @property
+    def too_long(self) -> bool:
+        """The line being received fills ``limit`` bytes and has no LF yet."""
+        return len(self._data) >= self.limit and self._data.find(b"\n", 0, self.limit) < 0
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` buffered bytes, left in place (for log messages)."""
+        return bytes(self._data[:size])
+
+    def take(self) -> bytes:
+        """Everything buffered; the buffer is left empty."""
+        data = bytes(self._data)
+        self.clear()
+        return data
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._scanned = 0
