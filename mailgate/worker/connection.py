@@ -1,0 +1,257 @@
+"""One client connection, from accept to close (DESIGN "One session, end to end").
+
+The protocol logic lives in the sans-IO ``Session``; this driver feeds it the
+client's bytes, performs its events, asks the authenticator, logs in to the
+backend and hands both sockets to the ``Relay``. It ends with one summary line.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import gevent
+
+from mailgate import auth
+from mailgate.auth import AuthRequest, AuthResult
+from mailgate.config.model import Route, Server
+from mailgate.log import ErrorLog, SessionContext, SessionLog
+from mailgate.protocol.base import Authenticate, Close, Credentials, Log, Send, StartTLS
+from mailgate.relay import Relay
+from mailgate.upstream import UpstreamError, connect_and_login
+from mailgate.worker.protocols import client_buffer, new_session
+
+# Outcomes for the summary line (the relay adds its own).
+QUIT = "closed-before-login"
+TIMEOUT = "timeout"
+AUTH_FAILED = "auth-failed"
+AUTH_ERROR = "auth-error"
+BACKEND_ERROR = "backend-error"
+CLIENT_GONE = "client-closed"
+
+
+class ClientGone(Exception):
+    """The client closed or broke the connection; close silently (SPEC 4.7)."""
+
+
+class Connection:
+    """Drives one mail session. ``worker`` provides auth and bookkeeping."""
+
+    def __init__(self, worker, sock: socket.socket, peer, route: Route, server: Server,
+                 errlog: ErrorLog, number: int) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.route = route
+        self.server = server
+        self.client_ip, self.client_port = _peer(peer, route)
+        ctx = SessionContext(number=number, client=self.client_ip, server=route.listen.text)
+        self.log = SessionLog(errlog, ctx)
+        self.session = new_session(server)
+        self.read_size = client_buffer(server)
+        self.started = time.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.attempt = 0
+        self.outcome = QUIT
+        self.relay: Relay | None = None
+        self.deadline = 0.0
+
+    # --- the whole session ----------------------------------------------------
+
+    def run(self) -> None:
+        peer = f"{self.client_ip}:{self.client_port}" if self.client_port else self.client_ip
+        self.log.bare("info", f"client {peer} connected to {self.route.listen.text}")
+        try:
+            result = self._pre_auth()
+            if result is not None:
+                self._proxy(result)
+        except ClientGone:
+            self.outcome = CLIENT_GONE if self.outcome == QUIT else self.outcome
+        finally:
+            self.sock.close()
+            self._summary()
+
+    def _pre_auth(self) -> tuple[AuthResult, Credentials] | None:
+        self._arm_deadline()
+        self.log.ctx.action = "sending client greeting line"
+        events = self.session.start()
+        while True:
+            self.log.ctx.action = "in auth state"
+            blocking = self._perform(events)
+            if isinstance(blocking, Close):
+                return None
+            if isinstance(blocking, Authenticate):
+                outcome = self._authenticate(blocking.credentials)
+                if isinstance(outcome, tuple):
+                    return outcome
+                if outcome is None:
+                    return None
+                events = outcome
+                continue
+            if isinstance(blocking, StartTLS):
+                raise ClientGone()  # TLS is refused by the config until it is built
+            events = self.session.receive_data(self._recv_client())
+
+    def _arm_deadline(self) -> None:
+        # ``timeout`` is a deadline from the greeting, not an idle timer
+        # (SPEC 4.6, kept as nginx does it: Appendix B item 1).
+        self.deadline = time.monotonic() + self.server.timeout
+
+    def _recv_client(self) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return self._client_timed_out()
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(self.read_size)
+        except TimeoutError:
+            return self._client_timed_out()
+        except OSError as err:
+            self.log.log("info", f"recv() failed ({err.errno}: {err.strerror})")
+            raise ClientGone() from None
+        if not data:
+            raise ClientGone()
+        self.bytes_in += len(data)
+        return data
+
+    def _client_timed_out(self) -> bytes:
+        # Closed without a word to the client (SPEC 4.6).
+        self.log.log("info", "client timed out (110: Connection timed out)")
+        self.outcome = TIMEOUT
+        raise ClientGone()
+
+    def _perform(self, events: list) -> object | None:
+        """Send replies and log lines in order; return the event that needs
+        the driver (Authenticate, StartTLS, Close) or None."""
+        for event in events:
+            if isinstance(event, Send):
+                self._send_client(event.data)
+            elif isinstance(event, Log):
+                self.log.log(event.level, event.message)
+            else:
+                return event
+        return None
+
+    def _send_client(self, data: bytes) -> None:
+        self.sock.settimeout(self.server.timeout)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            self.log.log("info", "client timed out (110: Connection timed out)")
+            raise ClientGone() from None
+        except OSError as err:
+            self.log.log("info", f"send() failed ({err.errno}: {err.strerror})")
+            raise ClientGone() from None
+        self.bytes_out += len(data)
+
+    # --- authentication -------------------------------------------------------
+
+    def _authenticate(self, creds: Credentials):
+        """Ask until the answer is final (SPEC 8.4). Returns (result, creds) to
+        log in, a list of events to go on with, or None when the session ends."""
+        self.attempt += 1
+        self.log.ctx.login = creds.login
+        self.log.ctx.action = "in http auth state"
+        request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip)
+        while True:
+            result = self.worker.authenticate(self.server, request)
+            if result.outcome != auth.WAIT:
+                break
+            gevent.sleep(result.wait)  # Auth-Status: WAIT re-asks, same attempt
+        if result.outcome == auth.OK:
+            return result, creds
+        if result.outcome == auth.FAIL:
+            return self._login_failed(result)
+        self.log.log(result.log_level, result.log_message)
+        self.outcome = AUTH_ERROR
+        self._perform(self.session.internal_error())
+        return None
+
+    def _login_failed(self, result: AuthResult):
+        self.log.log("info", f'client login failed: "{result.message}"')
+        self.outcome = AUTH_FAILED
+        if result.wait <= 0:
+            self._perform(self.session.auth_rejected(result.message))
+            return None
+        # Auth-Wait: the client may try again after the delay (SPEC 8.4.1).
+        gevent.sleep(result.wait)
+        self._arm_deadline()
+        self.outcome = QUIT
+        return self.session.auth_failed(result.message)
+
+    # --- backend and relay ----------------------------------------------------
+
+    def _proxy(self, decision: tuple[AuthResult, Credentials]) -> None:
+        result, creds = decision
+        login = result.login if result.login is not None else creds.login
+        password = result.password if result.password is not None else creds.password
+        self.log.ctx.login = login
+        self.log.ctx.upstream = result.upstream
+        try:
+            upstream = connect_and_login(
+                (result.server, result.port),
+                self.session.upstream_login(login, password),
+                timeout=self.server.timeout,
+                buffer_size=self.server.proxy_buffer,
+                pass_error=self.server.proxy_pass_error_message,
+                log=self.log,
+            )
+        except UpstreamError as err:
+            self.outcome = BACKEND_ERROR
+            if err.reply is not None:
+                self._send_client(err.reply)
+            else:
+                self._perform(self.session.internal_error())
+            return
+        self.log.log("info", "client logged in", with_action=False)
+        self._relay(upstream.sock, upstream.client_reply)
+
+    def _relay(self, backend: socket.socket, client_reply: bytes) -> None:
+        self.sock.settimeout(None)
+        self.log.ctx.action = "proxying"
+        self.relay = Relay(
+            self.sock,
+            backend,
+            client_buffer=self.read_size,
+            backend_buffer=self.server.proxy_buffer,
+            idle_timeout=self.server.proxy_timeout,
+            log=self.log,
+        )
+        try:
+            self.outcome = self.relay.run(client_reply, self.session.pending_input())
+        finally:
+            backend.close()
+            self.bytes_in += self.relay.counters.from_client
+            self.bytes_out += self.relay.counters.to_client
+        if self.outcome == "shutdown-timeout":
+            self.log.log("info", "shutdown timeout")
+        elif self.outcome == "proxied":
+            self.log.log("info", "proxied session done", with_action=False)
+
+    def shutdown_timeout(self) -> None:
+        """worker_shutdown_timeout expired: proxied sessions end now; sessions
+        still before login go on until they finish (SPEC 11)."""
+        if self.relay is not None:
+            self.relay.abort("shutdown-timeout")
+
+    # --- the summary line -----------------------------------------------------
+
+    def _summary(self) -> None:
+        ctx = self.log.ctx
+        duration = time.monotonic() - self.started
+        login = f' login="{ctx.login}"' if ctx.login else ""
+        upstream = f" upstream={ctx.upstream}" if ctx.upstream else ""
+        peer = f"{self.client_ip}:{self.client_port}" if self.client_port else self.client_ip
+        self.log.bare(
+            "info",
+            f"session summary: protocol={self.server.protocol} client={peer} server={ctx.server}"
+            f"{login}{upstream} bytes_in={self.bytes_in} bytes_out={self.bytes_out}"
+            f" duration={duration:.3f}s outcome={self.outcome}",
+        )
+
+
+def _peer(peer, route: Route) -> tuple[str, int]:
+    """(ip, port) of the client; a unix-socket client shows as ``unix:``."""
+    if route.listen.family == "unix" or not isinstance(peer, tuple):
+        return "unix:", 0
+    return peer[0], peer[1]

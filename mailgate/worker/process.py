@@ -1,0 +1,145 @@
+"""A worker process: gevent, the inherited listeners, and the sessions.
+
+Imported by ``mailgate.worker.boot`` in the child right after fork, once
+gevent has monkey-patched the process, so ``requests`` (auth_http) and every
+socket call cooperate. Worker signals follow nginx: QUIT graceful, TERM/INT fast,
+USR1 reopen logs, HUP ignored (SPEC 11).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import resource
+import signal
+
+import gevent
+import gevent.socket
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from mailgate.config.model import Binding, Config
+from mailgate.errors import MailgateError
+from mailgate.log import ErrorLog, SinkRegistry
+from mailgate.master.arbiter import WORKER_BOOT_ERROR
+from mailgate.master.privileges import drop_privileges
+from mailgate.master.process_title import set_title
+from mailgate.worker.authenticators import Authenticators
+from mailgate.worker.connection import Connection
+
+# How often a worker checks that its master is still there.
+PARENT_CHECK_INTERVAL = 1.0
+
+
+class Worker:
+    def __init__(self, config: Config, sockets: dict, registry: SinkRegistry, master_pid: int) -> None:
+        self.config = config
+        self.raw_sockets = sockets
+        self.registry = registry
+        self.master_pid = master_pid
+        self.log = ErrorLog.build(config.main.error_log, registry)
+        self.server_logs = tuple(
+            ErrorLog.build(server.error_log or config.main.error_log, registry) for server in config.servers
+        )
+        self.pool = Pool(config.main.worker_connections)
+        self.connections: set[Connection] = set()
+        self.numbers = itertools.count(1)
+        self.servers: list[StreamServer] = []
+        self.stopped = Event()
+        self.stopping = False
+        self.auth: Authenticators | None = None
+
+    def run(self, ready_fd: int) -> int:
+        try:
+            self._boot()
+        except (MailgateError, OSError) as err:
+            self.log.log("emerg", str(err))
+            return WORKER_BOOT_ERROR
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
+        self.stopped.wait()
+        return 0
+
+    # --- boot -----------------------------------------------------------------
+
+    def _boot(self) -> None:
+        set_title("mailgate: worker process")
+        main = self.config.main
+        if main.worker_rlimit_nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (main.worker_rlimit_nofile, main.worker_rlimit_nofile))
+        drop_privileges(main.user)
+        self.auth = Authenticators(self.config)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        gevent.signal_handler(signal.SIGQUIT, self.graceful)
+        gevent.signal_handler(signal.SIGTERM, self.fast)
+        gevent.signal_handler(signal.SIGINT, self.fast)
+        gevent.signal_handler(signal.SIGUSR1, self.reopen)
+        for binding in self.config.bindings:
+            self._serve(binding)
+        gevent.spawn(self._watch_master)
+
+    def _serve(self, binding: Binding) -> None:
+        raw = self.raw_sockets[binding.listen.key]
+        listener = gevent.socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        server = StreamServer(listener, self._handler(binding), spawn=self.pool)
+        server.start()
+        self.servers.append(server)
+
+    def _handler(self, binding: Binding):  # noqa: ANN202 - a StreamServer handler
+        def handle(sock, peer) -> None:  # noqa: ANN001 - gevent's signature
+            route = binding.default
+            if binding.by_address:
+                route = binding.route(sock.getsockname()[0])
+            server = self.config.servers[route.server]
+            conn = Connection(self, sock, peer, route, server, self.server_logs[route.server], next(self.numbers))
+            self.connections.add(conn)
+            try:
+                conn.run()
+            finally:
+                self.connections.discard(conn)
+
+        return handle
+
+    # --- what sessions call ---------------------------------------------------
+
+    def authenticate(self, server, request):  # noqa: ANN001, ANN201
+        assert self.auth is not None
+        return self.auth.authenticate(server, request)
+
+    # --- signals --------------------------------------------------------------
+
+    def graceful(self) -> None:
+        """Stop accepting, let sessions finish (SPEC 11 graceful shutdown)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.log("notice", "gracefully shutting down")
+        for server in self.servers:
+            server.close()
+        gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        timeout = self.config.main.worker_shutdown_timeout
+        if timeout is not None and not self.pool.join(timeout=timeout):
+            for conn in list(self.connections):
+                conn.shutdown_timeout()
+        self.pool.join()
+        self.log.log("notice", "exiting")
+        self.stopped.set()
+
+    def fast(self) -> None:
+        """Exit at once; the kernel cuts the sessions (SPEC 11 TERM/INT)."""
+        self.log.log("notice", "exiting")
+        os._exit(0)
+
+    def reopen(self) -> None:
+        self.log.log("notice", "reopening logs")
+        self.registry.reopen()
+
+    def _watch_master(self) -> None:
+        """A worker whose master is gone (killed) stops gracefully."""
+        while not self.stopping:
+            gevent.sleep(PARENT_CHECK_INTERVAL)
+            if os.getppid() != self.master_pid:
+                self.graceful()

@@ -1,0 +1,45 @@
+"""Which sans-IO session serves which ``protocol``, built from the model.
+
+The protocol modules know nothing of the configuration; here the resolved
+``Server`` becomes each protocol's plain settings (a table, one row per
+protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mailgate.config.model import Server
+from mailgate.protocol.pop3 import Pop3Session, Pop3Settings
+
+
+def _pop3(server: Server) -> Pop3Session:
+    return Pop3Session(
+        Pop3Settings(
+            auth_methods=server.pop3_auth,
+            capabilities=server.pop3_capabilities,
+            starttls=server.starttls,
+            max_errors=server.max_errors,
+            client_buffer=server.pop3_client_buffer,
+            server_name=server.server_name,
+            proxy_buffer=server.proxy_buffer,
+        )
+    )
+
+
+SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3}
+
+# The client->backend buffer of each protocol (SPEC 9.7).
+CLIENT_BUFFERS: dict[str, Callable[[Server], int]] = {
+    "pop3": lambda server: server.pop3_client_buffer,
+    "imap": lambda server: server.imap_client_buffer,
+    "smtp": lambda server: server.smtp_client_buffer,
+}
+
+
+def new_session(server: Server):  # noqa: ANN201 - each protocol's Session type
+    return SESSIONS[server.protocol](server)
+
+
+def client_buffer(server: Server) -> int:
+    return CLIENT_BUFFERS[server.protocol](server)
