@@ -19,6 +19,23 @@ ERROR = "error"  # anything else: internal server error, ``log_message`` says wh
 
 
 @dataclass(frozen=True, slots=True)
+class AuthTls:
+    """TLS facts of the client connection, for the Auth-SSL-* headers (SPEC 8.2
+    item 13). Each header is left out when its value is empty: ``verify`` and
+    the certificate fields are only set when ``ssl_verify_client`` is not off,
+    ``cert`` (PEM) only with ``auth_http_pass_client_cert on``."""
+
+    protocol: str = ""  # e.g. TLSv1.3
+    cipher: str = ""  # e.g. TLS_AES_256_GCM_SHA384
+    verify: str = ""  # SUCCESS | FAILED:<reason> | NONE
+    subject: str = ""  # RFC 2253 DN
+    issuer: str = ""  # RFC 2253 DN
+    serial: str = ""  # upper-case hex
+    fingerprint: str = ""  # SHA-1, lower-case hex
+    cert: str = ""  # PEM, escaped on the wire like Auth-User
+
+
+@dataclass(frozen=True, slots=True)
 class AuthRequest:
     """Everything the auth server is told about one login attempt (SPEC 8.2)."""
 
@@ -29,6 +46,7 @@ class AuthRequest:
     client_host: str | None = None  # SMTP only: name, [UNAVAILABLE] or [TEMPUNAVAIL]
     # From a PROXY protocol header: (src addr, src port, dst addr, dst port).
     proxy_protocol: tuple[str, int, str, int] | None = None
+    tls: AuthTls | None = None  # the client connection is TLS (implicit or STARTTLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +64,14 @@ class AuthResult:
     error_code: str = ""
     log_message: str = ""
     log_level: str = "error"
+    # "Auth-Server:Auth-Port" exactly as the auth server wrote them, when that
+    # differs from the normalised ``server``/``port`` (e.g. "010.0.0.1:0110").
+    upstream_name: str = ""
 
     @property
     def upstream(self) -> str:
         """The upstream name used in log lines: Auth-Server:Auth-Port as sent."""
-        return f"{self.server}:{self.port}"
+        return self.upstream_name or f"{self.server}:{self.port}"
 
     def __repr__(self) -> str:
         return (

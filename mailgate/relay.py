@@ -2,10 +2,12 @@
 
 Where mailgate deliberately differs from nginx (SPEC Appendix B, items 2 and 3):
 
-* half-close is propagated: when one side ends its stream (EOF), mailgate
-  shuts down the write side towards the other and keeps relaying the other
-  direction, so a reply in flight is not lost (nginx ends the session at the
-  first EOF, SPEC 9.7);
+* the client's half-close is propagated: when the client ends its stream
+  (EOF), mailgate shuts down its write side towards the backend and keeps
+  relaying the backend's replies until the backend closes, so a reply in
+  flight is not lost (nginx ends the session at the first EOF, SPEC 9.7).
+  The backend's EOF ends the session once its bytes have reached the client:
+  mail servers never half-close, and nothing could reach a closed backend;
 * ``proxy_timeout`` is an idle timer over both directions: a backend streaming
   a large message to a silent client keeps the session alive (nginx only
   counts client-side events).
@@ -61,7 +63,6 @@ class Relay:
         self.last_activity = time.monotonic()
         self.finished = Event()
         self.outcome = DONE
-        self.open_directions = 2
         self.pumps: list[gevent.Greenlet] = []
 
     def run(self, to_client: bytes = b"", to_backend: bytes = b"") -> str:
@@ -125,16 +126,15 @@ class Relay:
                 return
             setattr(self.counters, counter, getattr(self.counters, counter) + len(data))
             self.last_activity = time.monotonic()
-        self._half_close(dst)
+        self._end_of_stream(dst, from_client)
 
-    def _half_close(self, dst: socket.socket) -> None:
-        """Propagate EOF to the other side and finish when both are done."""
+    def _end_of_stream(self, dst: socket.socket, from_client: bool) -> None:
+        """Pass the EOF on; the backend's EOF also ends the session."""
         try:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self.open_directions -= 1
-        if self.open_directions == 0:
+        if not from_client:
             self.finished.set()
 
     def _log_error(self, what: str, err: OSError, action: str = "proxying", client_side: bool = True) -> None:

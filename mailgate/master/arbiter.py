@@ -166,11 +166,15 @@ class Arbiter:
     def handle_quit(self) -> None:
         self.stopping = self.stopping or "graceful"
         self._signal_workers(signal.SIGQUIT)
+        # New connections are refused rather than queued for nobody, as
+        # nginx's master closes its listening sockets on QUIT.
+        self.listeners.close_all(unlink=True)
 
     def handle_term(self) -> None:
         self.stopping = "fast"
         self.stop_deadline = time.monotonic() + FAST_STOP_GRACE
         self._signal_workers(signal.SIGTERM)
+        self.listeners.close_all(unlink=True)
 
     def handle_usr1(self) -> None:
         self.registry.reopen()

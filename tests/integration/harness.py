@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
+import signal as signals
 import socket
 import subprocess
 import sys
@@ -40,6 +40,16 @@ def connectable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
             return True
+    except OSError:
+        return False
+
+
+def greets(host: str, port: int) -> bool:
+    """A worker (not just the master's listen backlog) answers on ``port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.settimeout(1)
+            return bool(sock.recv(1))
     except OSError:
         return False
 
@@ -109,8 +119,7 @@ class Mailgate:
         wait_for(lambda: self.pid_path.exists() or self.proc.poll() is not None, what="the pid file")
         assert self.proc.poll() is None, f"mailgate exited: {self.stderr()}{self.log()}"
         for port in ports:
-            wait_for(lambda p=port: connectable("127.0.0.1", p), what=f"port {port}")
-        wait_for(lambda: len(self.workers()) >= 1, what="a worker")
+            wait_for(lambda p=port: greets("127.0.0.1", p), what=f"a greeting on port {port}")
         return self
 
     @property
@@ -121,22 +130,22 @@ class Mailgate:
     def workers(self) -> list[int]:
         return children(self.pid)
 
-    def signal(self, signo: int) -> None:
+    def send_signal(self, signo: int) -> None:
         os.kill(self.pid, signo)
 
     def reload(self) -> list[int]:
         """HUP and wait until the new generation is serving; returns its pids."""
         before = set(self.workers())
         starts = self.log().count("start worker process")
-        self.signal(signal.SIGHUP)
+        self.send_signal(signals.SIGHUP)
         wait_for(lambda: self.log().count("start worker process") > starts, what="new workers")
         new = wait_for(lambda: set(self.workers()) - before, what="new worker pids")
         return sorted(new)  # type: ignore[arg-type]
 
-    def stop(self, signo: int = signal.SIGQUIT, timeout: float = WAIT) -> int:
+    def stop(self, signo: int = signals.SIGQUIT, timeout: float = WAIT) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.signal(signo)
+            self.send_signal(signo)
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
@@ -144,7 +153,7 @@ class Mailgate:
         if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signals.SIGKILL)
         except ProcessLookupError:
             pass
         try:
