@@ -36,6 +36,7 @@ class Pop3Backend:
                 backend._serve(self)
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler, bind_and_activate=False)
+        self.server.request_queue_size = 1024  # socketserver's 5 would drop bursts of logins
         self.server.daemon_threads = True
         self.server.allow_reuse_address = True
         self.server.server_bind()
