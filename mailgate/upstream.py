@@ -83,11 +83,15 @@ def _login(sock: socket.socket, login, deadline: _Deadline, buffer_size: int, pa
         except OSError as err:
             log.log("error", f"recv() failed ({err.errno}: {err.strerror})")
             raise UpstreamError() from None
+        if log.enabled("debug"):
+            log.log("debug", f"upstream sent {len(data)} bytes")
         if not data:
             # nginx says nothing here; an operator wants to know.
             log.log("error", "upstream prematurely closed connection")
             raise UpstreamError()
-        for event in login.receive_data(data):
+        events = login.receive_data(data)
+        log.ctx.action = login.action
+        for event in events:
             if isinstance(event, Send):
                 _send(sock, event.data, deadline, log)
             elif isinstance(event, LoginSucceeded):
@@ -95,10 +99,12 @@ def _login(sock: socket.socket, login, deadline: _Deadline, buffer_size: int, pa
                 return Upstream(sock, event.client_reply)
             elif isinstance(event, LoginFailed):
                 raise _failed(event, pass_error, log)
-        log.ctx.action = login.action
 
 
 def _send(sock: socket.socket, data: bytes, deadline: _Deadline, log) -> None:
+    if log.enabled("debug"):
+        # The size only: these lines carry the password.
+        log.log("debug", f"{len(data)} bytes to upstream")
     try:
         sock.settimeout(deadline.remaining())
         sock.sendall(data)

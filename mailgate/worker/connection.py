@@ -112,6 +112,8 @@ class Connection:
         if not data:
             raise ClientGone()
         self.bytes_in += len(data)
+        if self.log.enabled("debug"):
+            self.log.log("debug", f"client sent {len(data)} bytes")
         return data
 
     def _client_timed_out(self) -> bytes:
@@ -154,7 +156,11 @@ class Connection:
         self.log.ctx.action = "in http auth state"
         request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip)
         while True:
+            asked = time.monotonic()
             result = self.worker.authenticate(self.server, request)
+            if self.log.enabled("debug"):
+                self.log.log("debug", f"auth method {creds.method}, attempt {self.attempt}: {result.outcome}"
+                             f" after {time.monotonic() - asked:.3f}s{_target(result)}")
             if result.outcome != auth.WAIT:
                 break
             gevent.sleep(result.wait)  # Auth-Status: WAIT re-asks, same attempt
@@ -209,6 +215,10 @@ class Connection:
     def _relay(self, backend: socket.socket, client_reply: bytes) -> None:
         self.sock.settimeout(None)
         self.log.ctx.action = "proxying"
+        pending = self.session.pending_input()
+        if self.log.enabled("debug"):
+            self.log.log("debug", f"relay starts: {len(client_reply)} bytes to the client, {len(pending)} pipelined"
+                         f" bytes to the backend, proxy_timeout {self.server.proxy_timeout:g}s")
         self.relay = Relay(
             self.sock,
             backend,
@@ -218,7 +228,7 @@ class Connection:
             log=self.log,
         )
         try:
-            self.outcome = self.relay.run(client_reply, self.session.pending_input())
+            self.outcome = self.relay.run(client_reply, pending)
         finally:
             backend.close()
             self.bytes_in += self.relay.counters.from_client
@@ -248,6 +258,10 @@ class Connection:
             f"{login}{upstream} bytes_in={self.bytes_in} bytes_out={self.bytes_out}"
             f" duration={duration:.3f}s outcome={self.outcome}",
         )
+
+
+def _target(result: AuthResult) -> str:
+    return f", upstream {result.upstream}" if result.outcome == auth.OK else ""
 
 
 def _peer(peer, route: Route) -> tuple[str, int]:

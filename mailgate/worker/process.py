@@ -32,6 +32,25 @@ from mailgate.worker.connection import Connection
 PARENT_CHECK_INTERVAL = 1.0
 
 
+# nginx keeps only TZ of the master's environment for workers, plus what
+# ``env`` lists (ngx_set_environment).
+KEPT_ENVIRONMENT = ("TZ",)
+
+
+def apply_env(entries: tuple[str, ...]) -> None:
+    """``env NAME`` keeps NAME from the master's environment, ``env NAME=value``
+    sets it; everything else is removed, as nginx does for its workers."""
+    kept = {name: os.environ[name] for name in KEPT_ENVIRONMENT if name in os.environ}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if sep:
+            kept[name] = value
+        elif name in os.environ:
+            kept[name] = os.environ[name]
+    os.environ.clear()
+    os.environ.update(kept)
+
+
 class Worker:
     def __init__(self, config: Config, sockets: dict, registry: SinkRegistry, master_pid: int) -> None:
         self.config = config
@@ -75,9 +94,12 @@ class Worker:
         gevent.signal_handler(signal.SIGTERM, self.fast)
         gevent.signal_handler(signal.SIGINT, self.fast)
         gevent.signal_handler(signal.SIGUSR1, self.reopen)
+        apply_env(self.config.main.env)
         for binding in self.config.bindings:
             self._serve(binding)
         gevent.spawn(self._watch_master)
+        self.log.log("debug", f"worker serving {len(self.servers)} listeners, {self.config.main.worker_connections}"
+                     " connections at most")
 
     def _serve(self, binding: Binding) -> None:
         raw = self.raw_sockets[binding.listen.key]

@@ -150,7 +150,7 @@ def test_two_workers_both_serve(tmp_path, mailgates, auth):
 
 
 def test_worker_limits_and_user(tmp_path, mailgates, auth):
-    main = "worker_rlimit_nofile 2048;"
+    main = "worker_rlimit_nofile 2048; env HOME;"
     is_root = os.geteuid() == 0
     if is_root:
         main += " user nobody;"
@@ -158,6 +158,10 @@ def test_worker_limits_and_user(tmp_path, mailgates, auth):
     mg = start(tmp_path, mailgates, auth, f"server {{ listen 127.0.0.1:{port}; protocol pop3; }}", main=main,
                ports=(port,))
     (worker,) = mg.workers()
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0") if item)
+    # nginx's rule: workers keep TZ and what ``env`` lists, nothing else. (Only
+    # removals show in /proc; what is kept or set is checked in test_worker_env.)
+    assert set(environ) <= {b"TZ", b"HOME"}
     limits = Path(f"/proc/{worker}/limits").read_text()
     assert any(line.startswith("Max open files") and "2048" in line for line in limits.splitlines())
     if is_root:

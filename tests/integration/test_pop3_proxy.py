@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import poplib
+import re
 import socket
 import time
 
@@ -274,3 +275,23 @@ def test_auth_sasl_plain_reaches_the_backend_as_user_pass(make_mailgate, backend
     assert talk(sock, b"AUTH PLAIN " + token + b"\r\n") == b"+OK logged in\r\n"
     assert backend.lines[:2] == [b"USER alice\r\n", b"PASS wonderland\r\n"]
     sock.close()
+
+
+def test_debug_log_follows_the_session_without_the_password(make_mailgate, backend, auth):
+    route(auth, backend)
+    mg = make_mailgate(auth.port, level="debug")
+    pop = poplib.POP3("127.0.0.1", mg.port, timeout=10)
+    pop.user("alice")
+    pop.pass_("wonderland")
+    pop.quit()
+    mg.wait_log("outcome=proxied")
+    log = mg.log()
+    for line in (
+        r"\[debug\] .*worker serving 1 listeners",
+        r"\[debug\] .*\*\d+ client sent 12 bytes while in auth state",
+        r"\[debug\] .*auth method plain, attempt 1: ok after [\d.]+s, upstream 127\.0\.0\.1:\d+ while in http auth state",
+        r"\[debug\] .*\d+ bytes to upstream while sending password to upstream",
+        r"\[debug\] .*relay starts: 15 bytes to the client, 0 pipelined bytes to the backend",
+    ):
+        assert re.search(line, log), line
+    assert "wonderland" not in log
