@@ -125,7 +125,7 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     "pop3": Protocol("pop3", (110, 995)),
-    "imap": Protocol("imap", (143, 993), supported=False),
+    "imap": Protocol("imap", (143, 993)),
     "smtp": Protocol("smtp", (25, 465, 587), supported=False),
 }
 

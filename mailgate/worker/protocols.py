@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mailgate.config.model import Server
+from mailgate.protocol.imap import ImapSession, ImapSettings
 from mailgate.protocol.pop3 import Pop3Session, Pop3Settings
 
 
@@ -27,7 +28,21 @@ def _pop3(server: Server) -> Pop3Session:
     )
 
 
-SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3}
+def _imap(server: Server) -> ImapSession:
+    return ImapSession(
+        ImapSettings(
+            auth_methods=server.imap_auth,
+            capabilities=server.imap_capabilities,
+            starttls=server.starttls,
+            max_errors=server.max_errors,
+            client_buffer=server.imap_client_buffer,
+            server_name=server.server_name,
+            proxy_buffer=server.proxy_buffer,
+        )
+    )
+
+
+SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3, "imap": _imap}
 
 # The client->backend buffer of each protocol (SPEC 9.7).
 CLIENT_BUFFERS: dict[str, Callable[[Server], int]] = {

@@ -400,14 +400,14 @@ def test_mail_level_errors(tmp_path: Path) -> None:
 # --- protocol ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("port", "protocol"), [(110, "pop3"), (995, "pop3")])
+@pytest.mark.parametrize(("port", "protocol"), [(110, "pop3"), (995, "pop3"), (143, "imap"), (993, "imap")])
 def test_protocol_detected_from_the_port(tmp_path: Path, port: int, protocol: str) -> None:
     text = f"mail {{ {AUTH} server {{ listen 127.0.0.1:{port}; }} }}\n"
     assert load_text(tmp_path, text).servers[0].protocol == protocol
 
 
 @pytest.mark.parametrize(("port", "protocol"),
-                         [(143, "imap"), (993, "imap"), (25, "smtp"), (465, "smtp"), (587, "smtp")])
+                         [(25, "smtp"), (465, "smtp"), (587, "smtp")])
 def test_detected_protocols_not_supported_yet(tmp_path: Path, port: int, protocol: str) -> None:
     text = f"mail {{\n{AUTH}\nserver {{\nlisten 127.0.0.1:{port};\n}}\n}}\n"
     assert error(tmp_path, text) == f'"{protocol}" protocol is not supported yet in F:3'
@@ -430,8 +430,8 @@ def test_explicit_protocol_after_listen_overrides_detection(tmp_path: Path) -> N
 
 
 def test_explicit_unsupported_protocol(tmp_path: Path) -> None:
-    text = f"mail {{\n{AUTH}\nserver {{\nlisten 1143;\nprotocol imap;\n}}\n}}\n"
-    assert error(tmp_path, text) == '"imap" protocol is not supported yet in F:3'
+    text = f"mail {{\n{AUTH}\nserver {{\nlisten 1025;\nprotocol smtp;\n}}\n}}\n"
+    assert error(tmp_path, text) == '"smtp" protocol is not supported yet in F:3'
 
 
 def test_unknown_mail_protocol(tmp_path: Path) -> None:
