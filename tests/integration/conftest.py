@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.imap_backend import ImapBackend
 from tests.fakes.pop3_backend import Pop3Backend
 from tests.integration.harness import Mailgate, free_port
 
@@ -25,7 +26,7 @@ mail {{
 {mail}
     server {{
         listen 127.0.0.1:{port};
-        protocol pop3;
+        protocol {protocol};
 {server}
     }}
 }}
@@ -36,6 +37,13 @@ mail {{
 def backend() -> Iterator[Pop3Backend]:
     with Pop3Backend() as server:
         yield server
+
+
+@pytest.fixture
+def imap_backend() -> Iterator[ImapBackend]:
+    with ImapBackend() as server:
+        yield server
+    assert server.errors == []
 
 
 @pytest.fixture
@@ -52,7 +60,8 @@ def make_mailgate(tmp_path: Path, mailgates: list[Mailgate]) -> Callable[..., Ma
 
     def make(auth_port: int, *, start: bool = True, **fields: object) -> Mailgate:
         port = free_port()
-        values = dict(workers=1, level="info", main="", mail="", server="", auth_timeout="5s", timeout="10s")
+        values = dict(workers=1, level="info", main="", mail="", server="", auth_timeout="5s", timeout="10s",
+                      protocol="pop3")
         values.update(fields)
         text = POP3_CONF.format(dir=tmp_path, auth_port=auth_port, port=port, **values)
         instance = Mailgate(tmp_path, text)

@@ -193,6 +193,24 @@ def recv_until(sock: socket.socket, end: bytes, timeout: float = WAIT) -> bytes:
     return data
 
 
+def recv_tagged(sock: socket.socket, tag: bytes, timeout: float = WAIT) -> bytes:
+    """Read until a complete line starting with ``tag`` + SP (an IMAP tagged
+    reply, or ``+`` for a continuation) has arrived; bounded."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    prefix = tag + b" "
+    while time.monotonic() < deadline:
+        lines = data.split(b"\r\n")
+        if any(line.startswith(prefix) for line in lines[:-1]):
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def recv_all(sock: socket.socket, timeout: float = WAIT) -> bytes:
     """Read until EOF; bounded."""
     sock.settimeout(timeout)
