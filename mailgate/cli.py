@@ -53,11 +53,12 @@ def _say(message: str) -> None:
 
 
 def _load(path: str, quiet: bool = False):  # noqa: ANN202 - Config or None
+    from mailgate.checks import check
     from mailgate.config import load_with_warnings
 
     try:
         config, warnings = load_with_warnings(path)
-        _check_users_files(config)
+        check(config)
     except ConfigError as err:
         _say(f"[emerg] {err}")
         return None
@@ -65,14 +66,6 @@ def _load(path: str, quiet: bool = False):  # noqa: ANN202 - Config or None
         for warning in warnings:
             _say(f"[warn] {warning}")
     return config
-
-
-def _check_users_files(config) -> None:  # noqa: ANN001
-    """Validate every auth_file now, so a typo is caught before it serves."""
-    from mailgate.auth_file import load_users
-
-    for path in sorted({server.auth_file for server in config.servers if server.auth_file}):
-        load_users(path)
 
 
 def cmd_test(args: argparse.Namespace) -> int:

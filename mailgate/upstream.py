@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from mailgate.protocol.base import LoginFailed, LoginSucceeded, Send
+from mailgate.protocol.smtp_upstream import NoPasswordAvailable
 
 
 @dataclass
@@ -119,6 +120,9 @@ def _send(sock: socket.socket, data: bytes, deadline: _Deadline, log) -> None:
 def _failed(event: LoginFailed, pass_error: bool, log) -> UpstreamError:
     """SPEC 9.5: logged at error (info when relayed), internal error or the
     backend's own reply."""
+    if isinstance(event, NoPasswordAvailable):
+        log.log("error", "no password available")
+        return UpstreamError()
     if event.too_long:
         log.log("error", f'upstream sent too long response line: "{event.response}"')
         return UpstreamError()

@@ -126,7 +126,7 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "pop3": Protocol("pop3", (110, 995)),
     "imap": Protocol("imap", (143, 993)),
-    "smtp": Protocol("smtp", (25, 465, 587), supported=False),
+    "smtp": Protocol("smtp", (25, 465, 587)),
 }
 
 
@@ -177,8 +177,8 @@ _TABLE: tuple[Spec, ...] = (
     _spec("protocol", frozenset({SERVER}), ONE, p_protocol, None, merge=LAST),
     _spec("timeout", MS, ONE, p_msec, 60.0),
     _spec("server_name", MS, ONE, p_string, ""),  # "": the host name, lower-cased
-    _spec("resolver", MS, ONE_OR_MORE, p_resolver, (), supported_values=("off",)),
-    _spec("resolver_timeout", MS, ONE, p_msec, 30.0, supported=False),
+    _spec("resolver", MS, ONE_OR_MORE, p_resolver, ()),
+    _spec("resolver_timeout", MS, ONE, p_msec, 30.0),
     _spec("max_errors", MS, ONE, p_number, 5),
     # ngx_mail_auth_http_module, and mailgate's embedded users file
     _spec("auth_http", MS, ONE, p_auth_http, None, merge=LAST, excludes="auth_file"),

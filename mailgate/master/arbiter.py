@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from mailgate import NAME, __version__
+from mailgate.checks import check
 from mailgate.config import load
 from mailgate.config.model import Config
 from mailgate.errors import ConfigError, MailgateError, StartupError
@@ -135,6 +136,7 @@ class Arbiter:
             return
         try:
             new = load(self.config.path)
+            check(new)
         except ConfigError as err:
             self.log.log("emerg", str(err))
             self.log.log("notice", "configuration reload failed, keeping the running configuration")

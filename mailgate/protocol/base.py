@@ -14,10 +14,14 @@ Driver contract, for every protocol:
   first: ``Authenticate``, ``StartTLS`` or ``Close``. ``receive_data(b"")``
   just resumes handling what is buffered.
 * After ``Authenticate`` the driver asks the auth server and calls one of
-  ``auth_failed(...)`` (the client may try again), ``auth_rejected(...)``
-  (send the error, close) or ``internal_error()``; or it logs in to the
-  backend and then takes ``pending_input()``: the client bytes pipelined after
-  the login command, to forward verbatim (SPEC 4.3).
+  ``auth_failed(message, error_code="")`` (the client may try again),
+  ``auth_rejected(message, error_code="")`` (send the error, close) or
+  ``internal_error()``; or it creates the backend login with
+  ``upstream_login(login, password, *, client_ip, client_host)`` and, once
+  logged in, takes ``pending_input()``: the client bytes pipelined after the
+  login command, to forward verbatim (SPEC 4.3). Every protocol takes the
+  same arguments; ``error_code`` (Auth-Error-Code) and the client's address
+  and host name (XCLIENT) only matter to SMTP.
 * ``UpstreamLogin.receive_data(data)`` takes backend bytes and returns
   ``Send`` (to the backend), then ``LoginSucceeded`` or ``LoginFailed``.
 * After ``StartTLS`` the driver runs the handshake and calls

@@ -271,7 +271,7 @@ class ImapSession:
             self._state = START
         return self._run()
 
-    def auth_failed(self, message: str) -> list[Event]:
+    def auth_failed(self, message: str, error_code: str = "") -> list[Event]:
         """The auth server refused, the client may try again (SPEC 8.5)."""
         if self._state != AUTHENTICATING:
             raise RuntimeError(f"auth_failed() in state {self._state!r}")
@@ -279,7 +279,7 @@ class ImapSession:
         self._send(self._tagged(b"NO " + wire(message) + b"\r\n"))
         return self._run()
 
-    def auth_rejected(self, message: str) -> list[Event]:
+    def auth_rejected(self, message: str, error_code: str = "") -> list[Event]:
         """Send the auth server's error, then close (SPEC 8.5)."""
         self._send(self._tagged(b"NO " + wire(message) + b"\r\n"))
         self._close()
@@ -296,7 +296,9 @@ class ImapSession:
         the backend verbatim (SPEC 4.3). The buffer is left empty."""
         return self._reader.take()
 
-    def upstream_login(self, login: str, password: str) -> ImapUpstreamLogin:
+    def upstream_login(
+        self, login: str, password: str, *, client_ip: str = "", client_host: str = ""
+    ) -> ImapUpstreamLogin:
         """The backend login, with the tag of the client's login command."""
         if self._tag is None:
             raise RuntimeError("upstream_login() before a login command")

@@ -313,7 +313,7 @@ class Pop3Session:
             self._state = START
         return self._run()
 
-    def auth_failed(self, message: str) -> list[Event]:
+    def auth_failed(self, message: str, error_code: str = "") -> list[Event]:
         """The auth server refused, the client may try again (SPEC 8.5)."""
         if self._state != AUTHENTICATING:
             raise RuntimeError(f"auth_failed() in state {self._state!r}")
@@ -321,7 +321,7 @@ class Pop3Session:
         self._send(b"-ERR " + wire(message) + b"\r\n")
         return self._run()
 
-    def auth_rejected(self, message: str) -> list[Event]:
+    def auth_rejected(self, message: str, error_code: str = "") -> list[Event]:
         """Send the auth server's error, then close (SPEC 8.5)."""
         self._send(b"-ERR " + wire(message) + b"\r\n")
         self._close()
@@ -338,7 +338,9 @@ class Pop3Session:
         the backend verbatim (SPEC 4.3). The buffer is left empty."""
         return self._buffer.take()
 
-    def upstream_login(self, login: str, password: str) -> Pop3UpstreamLogin:
+    def upstream_login(
+        self, login: str, password: str, *, client_ip: str = "", client_host: str = ""
+    ) -> Pop3UpstreamLogin:
         return Pop3UpstreamLogin(login, password, self.settings.proxy_buffer)
 
     # --- line handling ---

@@ -28,6 +28,10 @@ AUTH_FAILED = "auth-failed"
 AUTH_ERROR = "auth-error"
 BACKEND_ERROR = "backend-error"
 CLIENT_GONE = "client-closed"
+PIPELINED_EARLY = "rejected-before-greeting"
+
+# Client-Host and XCLIENT NAME when the name is not known (SPEC 7.1).
+UNAVAILABLE = "[UNAVAILABLE]"
 
 
 class ClientGone(Exception):
@@ -55,6 +59,7 @@ class Connection:
         self.outcome = QUIT
         self.relay: Relay | None = None
         self.deadline = 0.0
+        self.client_host = UNAVAILABLE
 
     # --- the whole session ----------------------------------------------------
 
@@ -72,6 +77,8 @@ class Connection:
             self._summary()
 
     def _pre_auth(self) -> tuple[AuthResult, Credentials] | None:
+        if self.server.protocol == "smtp" and not self._smtp_prelude():
+            return None
         self._arm_deadline()
         self.log.ctx.action = "sending client greeting line"
         events = self.session.start()
@@ -91,6 +98,30 @@ class Connection:
             if isinstance(blocking, StartTLS):
                 raise ClientGone()  # TLS is refused by the config until it is built
             events = self.session.receive_data(self._recv_client())
+
+    def _smtp_prelude(self) -> bool:
+        """SMTP before its greeting (SPEC 7.1, 7.2): learn the client's host
+        name, then wait ``smtp_greeting_delay``; a client that talks first is
+        refused. False when the session is over."""
+        self.client_host = self.worker.client_host(self.server, self.client_ip, self.log)
+        delay = self.server.smtp_greeting_delay
+        if delay <= 0:
+            return True
+        self.log.ctx.action = "in delay pipelining state"
+        self.sock.settimeout(delay)
+        try:
+            data = self.sock.recv(self.read_size)
+        except TimeoutError:
+            return True
+        except OSError as err:
+            self.log.log("info", f"recv() failed ({err.errno}: {err.strerror})")
+            raise ClientGone() from None
+        if not data:
+            raise ClientGone()
+        self.bytes_in += len(data)
+        self.outcome = PIPELINED_EARLY
+        self._perform(self.session.early_data(data))
+        return False
 
     def _arm_deadline(self) -> None:
         # ``timeout`` is a deadline from the greeting, not an idle timer
@@ -154,7 +185,8 @@ class Connection:
         self.attempt += 1
         self.log.ctx.login = creds.login
         self.log.ctx.action = "in http auth state"
-        request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip)
+        host = self.client_host if self.server.protocol == "smtp" else None
+        request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip, client_host=host)
         while True:
             asked = time.monotonic()
             result = self.worker.authenticate(self.server, request)
@@ -177,13 +209,13 @@ class Connection:
         self.log.log("info", f'client login failed: "{result.message}"')
         self.outcome = AUTH_FAILED
         if result.wait <= 0:
-            self._perform(self.session.auth_rejected(result.message))
+            self._perform(self.session.auth_rejected(result.message, result.error_code))
             return None
         # Auth-Wait: the client may try again after the delay (SPEC 8.4.1).
         gevent.sleep(result.wait)
         self._arm_deadline()
         self.outcome = QUIT
-        return self.session.auth_failed(result.message)
+        return self.session.auth_failed(result.message, result.error_code)
 
     # --- backend and relay ----------------------------------------------------
 
@@ -196,7 +228,7 @@ class Connection:
         try:
             upstream = connect_and_login(
                 (result.server, result.port),
-                self.session.upstream_login(login, password),
+                self.session.upstream_login(login, password, client_ip=self.client_ip, client_host=self.client_host),
                 timeout=self.server.timeout,
                 buffer_size=self.server.proxy_buffer,
                 pass_error=self.server.proxy_pass_error_message,

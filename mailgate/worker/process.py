@@ -20,6 +20,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from mailgate.config.model import Binding, Config
+from mailgate.dns import ACTION_ADDRESS, UNAVAILABLE, resolve_client_host, shared_resolver
 from mailgate.errors import MailgateError
 from mailgate.log import ErrorLog, SinkRegistry
 from mailgate.master.arbiter import WORKER_BOOT_ERROR
@@ -128,6 +129,20 @@ class Worker:
     def authenticate(self, server, request):  # noqa: ANN001, ANN201
         assert self.auth is not None
         return self.auth.authenticate(server, request)
+
+    def client_host(self, server, client_ip: str, log) -> str:  # noqa: ANN001
+        """SMTP's client host name (SPEC 7.1): a PTR name confirmed by a forward
+        lookup, or ``[UNAVAILABLE]``/``[TEMPUNAVAIL]``. The lookups are plain
+        socket calls, cooperative under gevent."""
+        resolver = shared_resolver(server.resolver, server.resolver_timeout)
+        if resolver is None:
+            return UNAVAILABLE
+        log.ctx.action = ACTION_ADDRESS
+        found = resolve_client_host(resolver, None if client_ip == "unix:" else client_ip)
+        log.ctx.action = found.action
+        for level, message in found.logs:
+            log.log(level, message)
+        return found.host
 
     # --- signals --------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from mailgate.config.model import Server
 from mailgate.protocol.imap import ImapSession, ImapSettings
 from mailgate.protocol.pop3 import Pop3Session, Pop3Settings
+from mailgate.protocol.smtp import SmtpSession, SmtpSettings
 
 
 def _pop3(server: Server) -> Pop3Session:
@@ -42,7 +43,24 @@ def _imap(server: Server) -> ImapSession:
     )
 
 
-SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3, "imap": _imap}
+def _smtp(server: Server) -> SmtpSession:
+    return SmtpSession(
+        SmtpSettings(
+            auth_methods=server.smtp_auth,
+            capabilities=server.smtp_capabilities,
+            starttls=server.starttls,
+            max_errors=server.max_errors,
+            client_buffer=server.smtp_client_buffer,
+            server_name=server.server_name,
+            proxy_buffer=server.proxy_buffer,
+            greeting_delay=server.smtp_greeting_delay,
+            xclient=server.xclient,
+            proxy_smtp_auth=server.proxy_smtp_auth,
+        )
+    )
+
+
+SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3, "imap": _imap, "smtp": _smtp}
 
 # The client->backend buffer of each protocol (SPEC 9.7).
 CLIENT_BUFFERS: dict[str, Callable[[Server], int]] = {

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes.imap_backend import ImapBackend
 from tests.fakes.pop3_backend import Pop3Backend
+from tests.fakes.smtp_backend import SmtpBackend
 from tests.integration.harness import Mailgate, free_port
 
 POP3_CONF = """\
@@ -42,6 +43,13 @@ def backend() -> Iterator[Pop3Backend]:
 @pytest.fixture
 def imap_backend() -> Iterator[ImapBackend]:
     with ImapBackend() as server:
+        yield server
+    assert server.errors == []
+
+
+@pytest.fixture
+def smtp_backend() -> Iterator[SmtpBackend]:
+    with SmtpBackend() as server:
         yield server
     assert server.errors == []
 

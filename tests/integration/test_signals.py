@@ -88,9 +88,8 @@ def test_broken_config_on_reload_keeps_the_old_one(make_mailgate, auth):
 def test_reload_whose_workers_cannot_start_keeps_the_old_generation(make_mailgate, auth, tmp_path):
     mg = make_mailgate(auth.port)
     workers = mg.workers()
-    users = tmp_path / "users.yaml"
-    users.write_text("users: [this is not a mapping\n")
-    mg.write_config(mg.conf.read_text().replace(f"auth_http 127.0.0.1:{auth.port}/auth;", f"auth_file {users};"))
+    # A limit no process may take: the new workers fail as they start.
+    mg.write_config(mg.conf.read_text().replace("events {", "worker_rlimit_nofile 999999999;\nevents {"))
     mg.send_signal(signal.SIGHUP)
     mg.wait_log("new worker processes failed to start, keeping the running configuration")
     assert mg.workers() == workers
@@ -180,3 +179,16 @@ def test_pop3_greeting_delay_unaffected_by_failed_auth_logging(make_mailgate, ba
         recv_all(sock)
         mg.wait_log("client login failed")
         assert "hunter2-secret" not in mg.log()
+
+
+def test_broken_users_file_on_reload_keeps_the_old_configuration(make_mailgate, auth, tmp_path):
+    mg = make_mailgate(auth.port)
+    workers = mg.workers()
+    users = tmp_path / "users.yaml"
+    users.write_text("users: [this is not a mapping\n")
+    mg.write_config(mg.conf.read_text().replace(f"auth_http 127.0.0.1:{auth.port}/auth;", f"auth_file {users};"))
+    mg.send_signal(signal.SIGHUP)
+    mg.wait_log(rf"\[emerg\] .* in {users}:\d+")
+    mg.wait_log("keeping the running configuration")
+    assert mg.workers() == workers
+    stat(logged_in(mg.port))

@@ -80,13 +80,17 @@ def test_repeatable_directives() -> None:
 def test_unsupported_directives_are_in_the_table() -> None:
     unsupported = {n for n, s in DIRECTIVES.items() if not s.supported}
     assert {n for n in DIRECTIVES if n.startswith("ssl_")} <= unsupported
-    assert {"resolver_timeout", "set_real_ip_from"} <= unsupported
+    assert "set_real_ip_from" in unsupported
     assert DIRECTIVES["starttls"].supported_values == ("off",)
-    assert DIRECTIVES["resolver"].supported_values == ("off",)
     assert DIRECTIVES["proxy_protocol"].supported_values == ("off",)
 
 
 # --- defaults ----------------------------------------------------------------------
+
+
+def test_resolver_is_read(tmp_path: Path) -> None:
+    server = load_text(tmp_path, mail("resolver 127.0.0.1:5353 valid=30s; resolver_timeout 5s;")).servers[0]
+    assert server.resolver == ("127.0.0.1:5353", "valid=30s") and server.resolver_timeout == 5.0
 
 
 def test_main_defaults(tmp_path: Path) -> None:
@@ -400,17 +404,11 @@ def test_mail_level_errors(tmp_path: Path) -> None:
 # --- protocol ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("port", "protocol"), [(110, "pop3"), (995, "pop3"), (143, "imap"), (993, "imap")])
+@pytest.mark.parametrize(("port", "protocol"), [(110, "pop3"), (995, "pop3"), (143, "imap"), (993, "imap"),
+                                              (25, "smtp"), (465, "smtp"), (587, "smtp")])
 def test_protocol_detected_from_the_port(tmp_path: Path, port: int, protocol: str) -> None:
     text = f"mail {{ {AUTH} server {{ listen 127.0.0.1:{port}; }} }}\n"
     assert load_text(tmp_path, text).servers[0].protocol == protocol
-
-
-@pytest.mark.parametrize(("port", "protocol"),
-                         [(25, "smtp"), (465, "smtp"), (587, "smtp")])
-def test_detected_protocols_not_supported_yet(tmp_path: Path, port: int, protocol: str) -> None:
-    text = f"mail {{\n{AUTH}\nserver {{\nlisten 127.0.0.1:{port};\n}}\n}}\n"
-    assert error(tmp_path, text) == f'"{protocol}" protocol is not supported yet in F:3'
 
 
 def test_only_the_first_listen_detects(tmp_path: Path) -> None:
@@ -429,8 +427,15 @@ def test_explicit_protocol_after_listen_overrides_detection(tmp_path: Path) -> N
     assert load_text(tmp_path, text).servers[0].protocol == "pop3"
 
 
-def test_explicit_unsupported_protocol(tmp_path: Path) -> None:
+def test_unsupported_protocol_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A protocol the table marks unsupported is refused at the server's line,
+    whether named or detected from the port."""
+    from mailgate.config import directives
+
+    monkeypatch.setitem(directives.PROTOCOLS, "smtp", directives.Protocol("smtp", (25, 465, 587), supported=False))
     text = f"mail {{\n{AUTH}\nserver {{\nlisten 1025;\nprotocol smtp;\n}}\n}}\n"
+    assert error(tmp_path, text) == '"smtp" protocol is not supported yet in F:3'
+    text = f"mail {{\n{AUTH}\nserver {{\nlisten 127.0.0.1:587;\n}}\n}}\n"
     assert error(tmp_path, text) == '"smtp" protocol is not supported yet in F:3'
 
 
@@ -462,7 +467,7 @@ def test_checks_run_in_nginx_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "directive",
     [
-        "starttls on", "starttls only", "resolver 127.0.0.1", "resolver_timeout 5s",
+        "starttls on", "starttls only",
         "set_real_ip_from 10.0.0.0/8", "proxy_protocol on", "proxy_protocol v2",
         "ssl_certificate a.pem", "ssl_certificate_key a.key", "ssl_protocols TLSv1.2",
         "ssl_ciphers HIGH", "ssl_session_cache shared:MAIL:10m", "ssl_session_timeout 5m",
