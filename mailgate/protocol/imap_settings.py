@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from mailgate.protocol.capabilities import ImapCapabilities, imap_capabilities
-from mailgate.protocol.imap_upstream import DEFAULT_PROXY_BUFFER
+from mailgate.protocol.session import check_settings
+from mailgate.protocol.upstream_login import DEFAULT_PROXY_BUFFER
 
 # imap_client_buffer default: one memory page, as nginx. One command,
 # literals included, must fit in it (SPEC 4.1).
 DEFAULT_CLIENT_BUFFER: Final = 4096
 
-STARTTLS_MODES: Final = ("off", "on", "only")
 AUTH_METHODS: Final = ("plain", "login", "cram-md5", "external")
 
 
@@ -39,15 +39,7 @@ class ImapSettings:
     proxy_buffer: int = DEFAULT_PROXY_BUFFER
 
     def __post_init__(self) -> None:
-        if self.starttls not in STARTTLS_MODES:
-            raise ValueError(f"starttls must be one of {STARTTLS_MODES}, not {self.starttls!r}")
-        unknown = [method for method in self.auth_methods if method not in AUTH_METHODS]
-        if unknown:
-            raise ValueError(f"unknown imap_auth methods {unknown}")
-        if self.max_errors < 0:
-            raise ValueError(f"max_errors must not be negative, not {self.max_errors}")
-        if self.client_buffer < 1 or self.proxy_buffer < 1:
-            raise ValueError("client_buffer and proxy_buffer must be positive")
+        check_settings(self, AUTH_METHODS, "imap_auth")
 
 
 @functools.lru_cache(maxsize=64)

@@ -26,21 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar, Final
 
-from mailgate.protocol.base import (
-    Event,
-    LineBuffer,
-    LoginFailed,
-    LoginSucceeded,
-    Send,
-    text,
-    wire,
+from mailgate.protocol.base import Event, LineBuffer, Send, wire
+from mailgate.protocol.upstream_login import (
+    DEFAULT_PROXY_BUFFER,
+    GREETING,
+    UpstreamLogin,
+    response_text,
 )
 
-# proxy_buffer default: one memory page, as nginx (ngx_mail_proxy_module).
-DEFAULT_PROXY_BUFFER: Final = 4096
-
 # Log actions (SPEC 10.2).
-READING_RESPONSE: Final = "reading response from upstream"
 SENDING_LOGIN: Final = "sending LOGIN command to upstream"
 SENDING_USER: Final = "sending user name to upstream"
 SENDING_PASSWORD: Final = "sending password to upstream"
@@ -50,11 +44,9 @@ GREETING_OK: Final = b"* OK"  # PREAUTH or BYE greetings fail (RFC 9051 7.1.4, 7
 CONTINUATION: Final = b"+"  # RFC 9051 7.5; greenmail sends a bare "+" (PEERS.md)
 UNTAGGED: Final = b"* "
 
-_GREETING: Final = "greeting"  # waiting for the backend's greeting
 _LOGIN_SENT: Final = "login sent"  # waiting for the first continuation
 _USER_SENT: Final = "user sent"  # waiting for the second continuation
 _PASS_SENT: Final = "pass sent"  # waiting for the tagged reply
-_DONE: Final = "done"
 
 UpstreamHandler = Callable[["ImapUpstreamLogin"], Event]
 
@@ -81,13 +73,13 @@ def _literal_header(value: bytes) -> bytes:
 
 # state -> (the start a good response has, what it leads to) (SPEC 9.4).
 _STEPS: Final[dict[str, tuple[bytes, UpstreamHandler]]] = {
-    _GREETING: (GREETING_OK, _send_login),
+    GREETING: (GREETING_OK, _send_login),
     _LOGIN_SENT: (CONTINUATION, _send_user),
     _USER_SENT: (CONTINUATION, _send_password),
 }
 
 
-class ImapUpstreamLogin:
+class ImapUpstreamLogin(UpstreamLogin):
     """Logs in to the IMAP backend with LOGIN and two literals (SPEC 9.4).
 
     A response is complete at its LF: unlike nginx, a backend ending lines
@@ -108,78 +100,44 @@ class ImapUpstreamLogin:
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer size must be positive, not {buffer_size}")
+        lines = LineBuffer(buffer_size)
+        super().__init__(lines, lines.pop_line)
         self.tag = tag
         self.login = login
         self._tag_bytes = wire(tag)
         self._login_bytes = wire(login)
         self._password_bytes = wire(password)
         self._size = buffer_size
-        self._buffer = LineBuffer(buffer_size)
         self._untagged = bytearray()  # untagged lines before the tagged reply
-        self._state: str = _GREETING
-        self.action = READING_RESPONSE
 
     def __repr__(self) -> str:
         return f"ImapUpstreamLogin(tag={self.tag!r}, login={self.login!r}, state={self._state!r})"
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
-
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._state == _DONE:
-            return []
-        self.action = READING_RESPONSE
-        self._buffer.feed(data)
-        events: list[Event] = []
-        while self._state != _DONE:
-            response = self._buffer.pop_line()
-            if response is None:
-                if self._buffer.too_long:
-                    events.append(self._too_long())
-                break
-            event = self._handle(response)
-            if event is not None:
-                events.append(event)
-        return events
 
     def _handle(self, response: bytes) -> Event | None:
         if self._state == _PASS_SENT:
             return self._login_reply(response)
         expected, step = _STEPS[self._state]
         if not response.startswith(expected):
-            return self._failed(_line(response), response)
+            return self._failed(response_text(response), response)
         return step(self)
 
     def _login_reply(self, line: bytes) -> Event | None:
         """The reply to LOGIN: untagged lines, then ``<tag> OK``."""
         tag = self._tag_bytes + b" "
         if line.startswith(tag + b"OK"):
-            self._state = _DONE
-            # Whatever the backend sent after its reply goes to the client too.
-            reply = bytes(self._untagged) + line + self._buffer.take()
-            return LoginSucceeded(client_reply=reply)
+            return self._succeeded(bytes(self._untagged) + line)
         if line.startswith(UNTAGGED):
             self._untagged += line
             room = self._size - len(self._untagged)
             if room < 1:
                 return self._too_long()
-            self._buffer.limit = room
+            # The untagged lines kept count towards proxy_buffer.
+            self._responses.limit = room
             return None
         # As nginx, the logged text starts after the tag (SPEC 9.5).
         shown = line[len(tag) :] if line.startswith(tag) else line
-        return self._failed(_line(shown), bytes(self._untagged) + line)
+        return self._failed(response_text(shown), bytes(self._untagged) + line)
 
-    def _failed(self, response: str, client_reply: bytes) -> Event:
-        self._state = _DONE
-        return LoginFailed(response=response, client_reply=client_reply)
-
-    def _too_long(self) -> Event:
-        self._state = _DONE
-        head = (bytes(self._untagged) + self._buffer.peek(self._buffer.limit))[: self._size]
-        return LoginFailed(response=text(head), client_reply=head, too_long=True)
-
-
-def _line(response: bytes) -> str:
-    """A response line without its LF or CRLF, for the log."""
-    return text(response.removesuffix(b"\n").removesuffix(b"\r"))
+    def _too_long_head(self) -> bytes:
+        # The untagged lines received first are part of the reply.
+        return (bytes(self._untagged) + super()._too_long_head())[: self._size]

@@ -16,6 +16,9 @@ Client states (SPEC 5.2)::
 
 In ``start`` and ``user`` a line is a command dispatched through ``_COMMANDS``
 (state -> verb -> handler); in ``sasl`` it is the client's SASL response.
+What POP3 shares with IMAP and SMTP (the driver interface, SASL stepping,
+error counting, STLS) is ``session.LineSession``; this module holds its
+state table, replies and settings.
 """
 
 from __future__ import annotations
@@ -26,20 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from mailgate.protocol import sasl
-from mailgate.protocol.base import (
-    Authenticate,
-    Close,
-    Credentials,
-    Event,
-    LineBuffer,
-    Log,
-    Send,
-    StartTLS,
-    text,
-    wire,
-)
+from mailgate.protocol.base import Credentials, Event, Send, text, wire
 from mailgate.protocol.capabilities import Pop3Lists, pop3_lists
+from mailgate.protocol.line_parse import Args
 from mailgate.protocol.pop3_parse import (
     APOP,
     AUTH,
@@ -49,11 +41,21 @@ from mailgate.protocol.pop3_parse import (
     QUIT,
     STLS,
     USER,
-    Args,
     parse_command,
     parse_sasl_response,
 )
-from mailgate.protocol.pop3_upstream import DEFAULT_PROXY_BUFFER, Pop3UpstreamLogin
+from mailgate.protocol.pop3_upstream import Pop3UpstreamLogin
+from mailgate.protocol.sasl import PLAIN
+from mailgate.protocol.session import (
+    LOGGED_COMMAND_MAX,
+    SASL,
+    START,
+    LineSession,
+    check_settings,
+    loggable_head,
+    refuse,
+)
+from mailgate.protocol.upstream_login import DEFAULT_PROXY_BUFFER
 
 __all__ = ["Pop3Session", "Pop3Settings", "Pop3UpstreamLogin"]
 
@@ -62,10 +64,6 @@ __all__ = ["Pop3Session", "Pop3Settings", "Pop3UpstreamLogin"]
 # pop3_client_buffer default. nginx's fixed 128 bytes cannot hold long SASL
 # tokens (nginx PR 1590); mailgate makes it a directive (SPEC "Do better").
 DEFAULT_CLIENT_BUFFER: Final = 4096
-# Bytes of a too long command quoted in the log. nginx quotes its whole
-# 128-byte buffer; a 4k line would be cut by the 2048-byte log line limit
-# (SPEC 10.1) anyway, so quote a readable head only.
-LOGGED_COMMAND_MAX: Final = 256
 
 # --- replies (SPEC Appendix A) ------------------------------------------------
 
@@ -77,7 +75,6 @@ CONTINUATION: Final = b"+ "  # RFC 5034 section 4: "+" SP base64 CRLF
 
 # --- settings ---------------------------------------------------------------------
 
-STARTTLS_MODES: Final = ("off", "on", "only")
 AUTH_METHODS: Final = ("plain", "apop", "cram-md5", "external")
 
 
@@ -102,15 +99,7 @@ class Pop3Settings:
     proxy_buffer: int = DEFAULT_PROXY_BUFFER
 
     def __post_init__(self) -> None:
-        if self.starttls not in STARTTLS_MODES:
-            raise ValueError(f"starttls must be one of {STARTTLS_MODES}, not {self.starttls!r}")
-        unknown = [method for method in self.auth_methods if method not in AUTH_METHODS]
-        if unknown:
-            raise ValueError(f"unknown pop3_auth methods {unknown}")
-        if self.max_errors < 0:
-            raise ValueError(f"max_errors must not be negative, not {self.max_errors}")
-        if self.client_buffer < 1 or self.proxy_buffer < 1:
-            raise ValueError("client_buffer and proxy_buffer must be positive")
+        check_settings(self, AUTH_METHODS, "pop3_auth")
 
     @property
     def uses_salt(self) -> bool:
@@ -124,18 +113,9 @@ def _lists_for(settings: Pop3Settings) -> Pop3Lists:
     return pop3_lists(settings.capabilities, settings.auth_methods)
 
 
-# --- client states ------------------------------------------------------------------
+# --- client states (the others are in session) ------------------------------------
 
-START: Final = "start"  # the initial auth state
 USER_STATE: Final = "user"  # after a successful USER
-SASL: Final = "sasl"  # the next line is a SASL response
-AUTHENTICATING: Final = "authenticating"  # Authenticate sent; the driver decides
-STARTTLS: Final = "starttls"  # StartTLS sent; waiting for tls_started()
-CLOSED: Final = "closed"
-
-# States in which client lines are handled; in the others input waits
-# (authenticating), is dropped (starttls) or is ignored (closed).
-_READING: Final = frozenset({START, USER_STATE, SASL})
 
 Handler = Callable[["Pop3Session", Args], None]
 
@@ -156,7 +136,7 @@ def _pass(s: Pop3Session, args: Args) -> None:
     if len(args) != 1:
         s._reject()
         return
-    s._authenticate(Credentials(sasl.PLAIN, s._login, text(args[0])))
+    s._authenticate(Credentials(PLAIN, s._login, text(args[0])))
 
 
 def _apop(s: Pop3Session, args: Args) -> None:
@@ -175,17 +155,11 @@ def _auth(s: Pop3Session, args: Args) -> None:
     if not args:
         s._send(s._lists.auth)
         return
-    selected = sasl.select_mechanism(args, s.settings.auth_methods)
-    if selected is None:
-        s._reject()
-        return
-    mechanism, initial_response = selected
-    s._exchange = sasl.SaslExchange(mechanism, s._salt)
-    s._sasl_step(lambda exchange: exchange.start(initial_response))
+    s._start_sasl(args)
 
 
 def _capa(s: Pop3Session, args: Args) -> None:
-    s._send(s._capa_list())
+    s._send(s._advertised(s._lists.capa, s._lists.capa_starttls, s._lists.capa_starttls_only))
 
 
 def _capa_user_state(s: Pop3Session, args: Args) -> None:
@@ -203,19 +177,7 @@ def _quit(s: Pop3Session, args: Args) -> None:
 
 
 def _stls(s: Pop3Session, args: Args) -> None:
-    if s._tls or s.settings.starttls == "off":
-        s._reject()
-        return
-    s._send(OK)
-    # Commands pipelined after STLS must not survive into the TLS session
-    # (RFC 2595 section 4, CVE-2014-3556, SPEC 4.3).
-    s._buffer.clear()
-    s._state = STARTTLS
-    s._emit(StartTLS())
-
-
-def _reject(s: Pop3Session, args: Args) -> None:
-    s._reject()
+    s._start_tls(OK)
 
 
 # state -> verb -> handler. A verb the tokenizer knows but the state lacks is
@@ -224,7 +186,7 @@ def _reject(s: Pop3Session, args: Args) -> None:
 _COMMANDS: Final[dict[str, dict[bytes, Handler]]] = {
     START: {
         USER: _user,
-        PASS: _reject,
+        PASS: refuse,
         APOP: _apop,
         AUTH: _auth,
         CAPA: _capa,
@@ -247,7 +209,7 @@ _AUTH_MECHANISM = re.compile(rb"(?i)AUTH +[^ ]+(?= )")
 # --- the client session ---------------------------------------------------------------
 
 
-class Pop3Session:
+class Pop3Session(LineSession[Pop3Settings]):
     """A POP3 client before login (see the module docstring for the states).
 
     ``salt_random`` and ``clock`` feed the greeting's salt (SPEC 3.4); tests
@@ -255,6 +217,10 @@ class Pop3Session:
     """
 
     protocol: ClassVar[str] = "pop3"
+    _continuation: ClassVar[bytes] = CONTINUATION
+    _internal_error_reply: ClassVar[bytes] = INTERNAL_ERROR
+    # After USER the next line is a command too (PASS, or any other).
+    _reading: ClassVar[frozenset[str]] = frozenset({START, USER_STATE, SASL})
 
     def __init__(
         self,
@@ -262,208 +228,52 @@ class Pop3Session:
         salt_random: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, salt_random, clock)
         self._lists = _lists_for(settings)
-        self._salt_random = salt_random
-        self._clock = clock
-        self._buffer = LineBuffer(settings.client_buffer)
-        self._state: str = START
-        self._tls = settings.tls_active
-        self._errors = 0
-        self._login = ""
-        self._salt = ""
-        self._exchange: sasl.SaslExchange | None = None
-        self._events: list[Event] = []
 
     # --- driver interface ---
-
-    @property
-    def login(self) -> str:
-        """The login known so far, kept after failed attempts (SPEC 4.4)."""
-        return self._login
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def tls_active(self) -> bool:
-        return self._tls
 
     def start(self) -> list[Event]:
         """The greeting, with the salt when APOP or CRAM-MD5 is enabled."""
         if not self.settings.uses_salt:
             return [Send(GREETING + b"\r\n")]
-        self._salt = sasl.make_salt(self.settings.server_name, self._salt_random, self._clock)
+        self._salt = self._make_salt()
         return [Send(GREETING + b" " + wire(self._salt))]
-
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._state == STARTTLS:
-            # Plaintext that followed STLS: dropped, never handled after TLS.
-            return []
-        if self._state != CLOSED:
-            self._buffer.feed(data)
-        return self._run()
-
-    def tls_started(self) -> list[Event]:
-        """The STLS handshake is done: back to the initial state with no new
-        greeting (SPEC 5.2); CAPA now shows the normal list."""
-        self._tls = True
-        if self._state == STARTTLS:
-            self._state = START
-        return self._run()
-
-    def auth_failed(self, message: str, error_code: str = "") -> list[Event]:
-        """The auth server refused, the client may try again (SPEC 8.5)."""
-        if self._state != AUTHENTICATING:
-            raise RuntimeError(f"auth_failed() in state {self._state!r}")
-        self._state = START
-        self._send(b"-ERR " + wire(message) + b"\r\n")
-        return self._run()
-
-    def auth_rejected(self, message: str, error_code: str = "") -> list[Event]:
-        """Send the auth server's error, then close (SPEC 8.5)."""
-        self._send(b"-ERR " + wire(message) + b"\r\n")
-        self._close()
-        return self._flush()
-
-    def internal_error(self) -> list[Event]:
-        """``-ERR internal server error``, then close (SPEC 8.6)."""
-        self._send(INTERNAL_ERROR)
-        self._close()
-        return self._flush()
-
-    def pending_input(self) -> bytes:
-        """Client bytes received after the login command, to be forwarded to
-        the backend verbatim (SPEC 4.3). The buffer is left empty."""
-        return self._buffer.take()
 
     def upstream_login(
         self, login: str, password: str, *, client_ip: str = "", client_host: str = ""
     ) -> Pop3UpstreamLogin:
         return Pop3UpstreamLogin(login, password, self.settings.proxy_buffer)
 
-    # --- line handling ---
-
-    def _run(self) -> list[Event]:
-        while self._state in _READING:
-            line = self._buffer.pop_line()
-            if line is None:
-                if self._buffer.too_long:
-                    self._too_long()
-                break
-            if self._state == SASL:
-                self._sasl_line(line)
-            else:
-                self._command_line(line)
-        return self._flush()
+    # --- hooks of LineSession ---
 
     def _command_line(self, line: bytes) -> None:
         command = parse_command(line)
         if command is None:
             self._parse_error()
             return
-        handler = _COMMANDS[self._state].get(command.verb, _reject)
+        handler: Handler = _COMMANDS[self._state].get(command.verb, refuse)
         handler(self, command.args)
 
-    def _sasl_line(self, line: bytes) -> None:
-        response = parse_sasl_response(line)
-        if response is None:
-            self._parse_error()
-            return
-        self._sasl_step(lambda exchange: exchange.respond(response))
+    def _parse_sasl_response(self, line: bytes) -> bytes | None:
+        return parse_sasl_response(line)
 
-    def _sasl_step(self, step: Callable[[sasl.SaslExchange], sasl.Step]) -> None:
-        exchange = self._exchange
-        assert exchange is not None
-        try:
-            result = step(exchange)
-        except sasl.SaslFailure as failure:
-            self._remember_login(exchange)
-            self._emit(Log("info", failure.message))
-            self._reject()
-            return
-        self._remember_login(exchange)
-        if isinstance(result, sasl.Challenge):
-            self._state = SASL
-            self._send(CONTINUATION + result.data + b"\r\n")
-        else:
-            self._authenticate(result)
-
-    def _remember_login(self, exchange: sasl.SaslExchange) -> None:
-        if exchange.login is not None:
-            self._login = exchange.login
-
-    def _parse_error(self) -> None:
-        # Only tokenizer errors count towards max_errors; the one reaching the
-        # limit is still answered, then the session closes (SPEC 4.5).
-        self._errors += 1
-        if self._errors >= self.settings.max_errors:
-            self._emit(Log("info", "client sent too many invalid commands"))
-            self._send(INVALID_COMMAND)
-            self._close()
-            return
-        self._reject()
-
-    def _too_long(self) -> None:
-        # Not counted as an error; always fatal (SPEC 4.1).
-        shown = self._loggable_command(self._buffer.peek(self._buffer.limit))
-        self._emit(Log("info", f'client sent too long command "{shown}"'))
-        self._send(INVALID_COMMAND)
-        self._close()
-
-    def _loggable_command(self, line: bytes) -> str:
-        """The head of a too long line for the log, with anything that may
-        hold a password or a SASL token left out."""
-        if self._state == SASL:
-            return "..."
-        secret = _SECRET_VERB.match(line)
+    def _loggable_command(self, head: bytes) -> str:
+        secret = _SECRET_VERB.match(head)
         if secret:
             return text(secret.group(1)) + " ..."
-        mechanism = _AUTH_MECHANISM.match(line[:LOGGED_COMMAND_MAX])
+        mechanism = _AUTH_MECHANISM.match(head[:LOGGED_COMMAND_MAX])
         if mechanism:
             return text(mechanism.group()) + " ..."
-        if len(line) > LOGGED_COMMAND_MAX:
-            return text(line[:LOGGED_COMMAND_MAX]) + "..."
-        return text(line)
+        return loggable_head(head)
 
-    # --- used by the handlers ---
+    def _invalid_command(self) -> bytes:
+        return INVALID_COMMAND
 
-    def _starttls_only(self) -> bool:
-        return self.settings.starttls == "only" and not self._tls
+    def _auth_failure(self, message: str, error_code: str) -> bytes:
+        return b"-ERR " + wire(message) + b"\r\n"
 
-    def _capa_list(self) -> bytes:
-        if self._tls or self.settings.starttls == "off":
-            return self._lists.capa
-        if self.settings.starttls == "on":
-            return self._lists.capa_starttls
-        return self._lists.capa_starttls_only
-
-    def _reject(self) -> None:
-        """The invalid-command reply; the USER state is left and any SASL
-        exchange aborted (SPEC 4.5)."""
-        self._state = START
-        self._exchange = None
-        self._send(INVALID_COMMAND)
-
-    def _authenticate(self, credentials: Credentials) -> None:
-        self._login = credentials.login
-        self._exchange = None
-        self._state = AUTHENTICATING
-        self._emit(Authenticate(credentials))
-
-    def _close(self) -> None:
-        self._state = CLOSED
-        self._exchange = None
-        self._buffer.clear()
-        self._emit(Close())
-
-    def _send(self, data: bytes) -> None:
-        self._events.append(Send(data))
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-
-    def _flush(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
+    def _salt_for(self, mechanism: str) -> str:
+        # POP3 shows its salt in the greeting (made in start()), and the
+        # CRAM-MD5 challenge carries the same one (SPEC 3.4).
+        return self._salt

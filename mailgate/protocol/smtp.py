@@ -17,7 +17,9 @@ Client states::
 In ``start`` a line is a command dispatched through ``_COMMANDS`` (state ->
 verb -> handler); in ``sasl`` it is the client's SASL response. Commands are
 handled one at a time and answered in order, so a pipelined batch (RFC 2920)
-gets its replies in order (SPEC 4.3).
+gets its replies in order (SPEC 4.3). What SMTP shares with POP3 and IMAP
+(the driver interface, SASL stepping, error counting, STARTTLS) is
+``session.LineSession``.
 
 CHUNKING and BINARYMIME (RFC 3030) are never advertised, even when listed in
 smtp_capabilities (``capabilities.SMTP_WITHHELD_KEYWORDS``), which nginx
@@ -36,19 +38,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar, Final
 
-from mailgate.protocol import sasl
 from mailgate.protocol import smtp_settings as replies
-from mailgate.protocol.base import (
-    Authenticate,
-    Close,
-    Credentials,
-    Event,
-    LineBuffer,
-    Log,
-    Send,
-    StartTLS,
-    text,
-)
+from mailgate.protocol.base import Credentials, Event, Log, Send, text
+from mailgate.protocol.sasl import PLAIN
+from mailgate.protocol.session import AUTHENTICATING, START, LineSession, refuse
 from mailgate.protocol.smtp_parse import (
     AUTH,
     EHLO,
@@ -87,16 +80,6 @@ __all__ = [
     "SmtpUpstreamLogin",
 ]
 
-# --- client states ------------------------------------------------------------------
-
-START: Final = "start"  # the initial auth state
-SASL: Final = "sasl"  # the next line is a SASL response
-AUTHENTICATING: Final = "authenticating"  # Authenticate sent; the driver decides
-STARTTLS_STATE: Final = "starttls"  # StartTLS sent; waiting for tls_started()
-CLOSED: Final = "closed"
-
-_READING: Final = frozenset({START, SASL})
-
 Handler = Callable[["SmtpSession", Command], None]
 
 
@@ -112,7 +95,7 @@ def _ehlo(s: SmtpSession, command: Command) -> None:
     if s._greeted(command):
         # A later HELO does not clear the mark (Appendix B 11).
         s._esmtp = True
-        s._send(s._ehlo_list())
+        s._send(s._advertised(s._lists.ehlo, s._lists.ehlo_starttls, s._lists.ehlo_starttls_only))
 
 
 def _auth(s: SmtpSession, command: Command) -> None:
@@ -123,13 +106,7 @@ def _auth(s: SmtpSession, command: Command) -> None:
     if not command.args:
         s._send(replies.INVALID_ARGUMENT)
         return
-    selected = sasl.select_mechanism(command.args, s.settings.auth_methods)
-    if selected is None:
-        s._reject()
-        return
-    mechanism, initial_response = selected
-    s._exchange = sasl.SaslExchange(mechanism, s._salt_for(mechanism))
-    s._sasl_step(lambda exchange: exchange.start(initial_response))
+    s._start_sasl(command.args)
 
 
 def _mail(s: SmtpSession, command: Command) -> None:
@@ -181,22 +158,11 @@ def _quit(s: SmtpSession, command: Command) -> None:
 
 
 def _starttls(s: SmtpSession, command: Command) -> None:
-    if s._tls or s.settings.starttls == "off":
-        s._reject()
-        return
-    s._send(replies.START_TLS)
-    # RFC 3207 section 4.2: forget what the client said before TLS, and drop
-    # commands pipelined after STARTTLS (CVE-2014-3556, SPEC 4.3). The ESMTP
-    # mark stays, as in nginx.
-    s._helo = ""
-    s._forget_transaction()
-    s._buffer.clear()
-    s._state = STARTTLS_STATE
-    s._emit(StartTLS())
-
-
-def _reject(s: SmtpSession, command: Command) -> None:
-    s._reject()
+    if s._start_tls(replies.START_TLS):
+        # RFC 3207 section 4.2: forget what the client said before TLS. The
+        # ESMTP mark stays, as in nginx.
+        s._helo = ""
+        s._forget_transaction()
 
 
 # state -> verb -> handler. VRFY, EXPN and HELP tokenize fine and are refused
@@ -212,23 +178,26 @@ _COMMANDS: Final[dict[str, dict[bytes, Handler]]] = {
         NOOP: _noop,
         QUIT: _quit,
         STARTTLS: _starttls,
-        VRFY: _reject,
-        EXPN: _reject,
-        HELP: _reject,
+        VRFY: refuse,
+        EXPN: refuse,
+        HELP: refuse,
     },
 }
 
 # --- the client session ---------------------------------------------------------------
 
 
-class SmtpSession:
+class SmtpSession(LineSession[SmtpSettings]):
     """An SMTP client before login (see the module docstring for the states).
 
     ``salt_random`` and ``clock`` feed the CRAM-MD5 salt (SPEC 3.4); tests
-    pass fixed ones.
+    pass fixed ones. ``login`` is cleared by MAIL (CVE-2025-53859); a
+    refused command keeps HELO and MAIL data.
     """
 
     protocol: ClassVar[str] = "smtp"
+    _continuation: ClassVar[bytes] = replies.CONTINUATION
+    _internal_error_reply: ClassVar[bytes] = INTERNAL_ERROR
 
     def __init__(
         self,
@@ -236,39 +205,15 @@ class SmtpSession:
         salt_random: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, salt_random, clock)
         self._lists = lists_for(settings)
-        self._salt_random = salt_random
-        self._clock = clock
-        self._buffer = LineBuffer(settings.client_buffer)
-        self._state: str = START
-        self._tls = settings.tls_active
-        self._errors = 0
-        self._login = ""
-        self._salt = ""
         self._helo = ""
         self._esmtp = False
         self._from = ""
         self._to = ""
         self._credentials: Credentials | None = None
-        self._exchange: sasl.SaslExchange | None = None
-        self._events: list[Event] = []
 
     # --- driver interface ---
-
-    @property
-    def login(self) -> str:
-        """The login known so far, kept after failed attempts (SPEC 4.4) and
-        cleared by MAIL (CVE-2025-53859)."""
-        return self._login
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def tls_active(self) -> bool:
-        return self._tls
 
     @property
     def helo(self) -> str:
@@ -294,53 +239,15 @@ class SmtpSession:
         self._close()
         return self._flush()
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._state == STARTTLS_STATE:
-            # Plaintext that followed STARTTLS: dropped, never handled after TLS.
-            return []
-        if self._state != CLOSED:
-            self._buffer.feed(data)
-        return self._run()
-
-    def tls_started(self) -> list[Event]:
-        """The STARTTLS handshake is done: back to the initial state with no
-        new greeting; the client is expected to send EHLO again (RFC 3207)."""
-        self._tls = True
-        if self._state == STARTTLS_STATE:
-            self._state = START
-        return self._run()
-
     def auth_failed(self, message: str, error_code: str = "") -> list[Event]:
         """The auth server refused, the client may try again (SPEC 8.4, 8.5).
 
-        The reply is ``<error_code> <message>``, ``error_code`` being the
-        Auth-Error-Code header (``535 5.7.0`` when empty). With smtp_auth
-        none it replaces the RCPT reply; HELO and MAIL stay remembered.
+        With smtp_auth none the reply replaces the RCPT reply; HELO and MAIL
+        stay remembered.
         """
-        if self._state != AUTHENTICATING:
-            raise RuntimeError(f"auth_failed() in state {self._state!r}")
-        self._state = START
-        self._credentials = None  # a refused password is not kept
-        self._send(failure_reply(message, error_code))
-        return self._run()
-
-    def auth_rejected(self, message: str, error_code: str = "") -> list[Event]:
-        """Send the auth server's error as ``auth_failed`` does, then close."""
-        self._send(failure_reply(message, error_code))
-        self._close()
-        return self._flush()
-
-    def internal_error(self) -> list[Event]:
-        """``451 4.3.2 Internal server error``, then close (SPEC 8.6)."""
-        self._send(INTERNAL_ERROR)
-        self._close()
-        return self._flush()
-
-    def pending_input(self) -> bytes:
-        """Client bytes received after the command that led to the login (AUTH
-        or the first RCPT), to be forwarded to the backend verbatim (SPEC 4.3).
-        The buffer is left empty."""
-        return self._buffer.take()
+        if self._state == AUTHENTICATING:
+            self._credentials = None  # a refused password is not kept
+        return super().auth_failed(message, error_code)
 
     def upstream_login(
         self,
@@ -365,7 +272,7 @@ class SmtpSession:
         ``[UNAVAILABLE]``/``[TEMPUNAVAIL]``, sent as XCLIENT NAME= (SPEC 7.1).
         """
         credentials = self._credentials
-        method = credentials.method if credentials is not None else sasl.PLAIN
+        method = credentials.method if credentials is not None else PLAIN
         return SmtpUpstreamLogin(
             SmtpLoginParams(
                 server_name=self.settings.server_name,
@@ -384,74 +291,33 @@ class SmtpSession:
             )
         )
 
-    # --- line handling ---
-
-    def _run(self) -> list[Event]:
-        while self._state in _READING:
-            line = self._buffer.pop_line()
-            if line is None:
-                if self._buffer.too_long:
-                    self._too_long()
-                break
-            if self._state == SASL:
-                self._sasl_line(line)
-            else:
-                self._command_line(line)
-        return self._flush()
+    # --- hooks of LineSession ---
 
     def _command_line(self, line: bytes) -> None:
         command = parse_command(line)
         if command is None:
             self._parse_error()
             return
-        handler = _COMMANDS[self._state].get(command.verb, _reject)
+        handler: Handler = _COMMANDS[self._state].get(command.verb, refuse)
         handler(self, command)
 
-    def _sasl_line(self, line: bytes) -> None:
-        response = parse_sasl_response(line)
-        if response is None:
-            self._parse_error()
-            return
-        self._sasl_step(lambda exchange: exchange.respond(response))
+    def _parse_sasl_response(self, line: bytes) -> bytes | None:
+        return parse_sasl_response(line)
 
-    def _sasl_step(self, step: Callable[[sasl.SaslExchange], sasl.Step]) -> None:
-        exchange = self._exchange
-        assert exchange is not None
-        try:
-            result = step(exchange)
-        except sasl.SaslFailure as failure:
-            self._remember_login(exchange)
-            self._emit(Log("info", failure.message))
-            self._reject()
-            return
-        self._remember_login(exchange)
-        if isinstance(result, sasl.Challenge):
-            self._state = SASL
-            self._send(replies.CONTINUATION + result.data + b"\r\n")
-        else:
-            self._authenticate(result)
+    def _loggable_command(self, head: bytes) -> str:
+        return loggable_command(head, sasl_response=False)
 
-    def _remember_login(self, exchange: sasl.SaslExchange) -> None:
-        if exchange.login is not None:
-            self._login = exchange.login
+    def _invalid_command(self) -> bytes:
+        return replies.INVALID_COMMAND
 
-    def _parse_error(self) -> None:
-        # Only tokenizer errors count towards max_errors; the one reaching the
-        # limit is still answered, then the session closes (SPEC 4.5).
-        self._errors += 1
-        if self._errors >= self.settings.max_errors:
-            self._emit(Log("info", "client sent too many invalid commands"))
-            self._send(replies.INVALID_COMMAND)
-            self._close()
-            return
-        self._reject()
+    def _auth_failure(self, message: str, error_code: str) -> bytes:
+        # ``<error_code> <message>``, error_code being the Auth-Error-Code
+        # header (``535 5.7.0`` when empty).
+        return failure_reply(message, error_code)
 
-    def _too_long(self) -> None:
-        # Not counted as an error; always fatal (SPEC 4.1).
-        shown = loggable_command(self._buffer.peek(self._buffer.limit), self._state == SASL)
-        self._emit(Log("info", f'client sent too long command "{shown}"'))
-        self._send(replies.INVALID_COMMAND)
-        self._close()
+    def _authenticate(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+        super()._authenticate(credentials)
 
     # --- used by the handlers ---
 
@@ -468,49 +334,3 @@ class SmtpSession:
     def _forget_transaction(self) -> None:
         self._from = ""
         self._to = ""
-
-    def _starttls_only(self) -> bool:
-        return self.settings.starttls == "only" and not self._tls
-
-    def _ehlo_list(self) -> bytes:
-        if self._tls or self.settings.starttls == "off":
-            return self._lists.ehlo
-        if self.settings.starttls == "on":
-            return self._lists.ehlo_starttls
-        return self._lists.ehlo_starttls_only
-
-    def _salt_for(self, mechanism: str) -> str:
-        # Made at the first AUTH CRAM-MD5 and reused by later ones (SPEC 3.4).
-        if mechanism == sasl.CRAM_MD5 and not self._salt:
-            self._salt = sasl.make_salt(self.settings.server_name, self._salt_random, self._clock)
-        return self._salt
-
-    def _reject(self) -> None:
-        """The invalid-command reply; any SASL exchange is aborted (SPEC 4.5).
-        HELO and MAIL data are kept."""
-        self._state = START
-        self._exchange = None
-        self._send(replies.INVALID_COMMAND)
-
-    def _authenticate(self, credentials: Credentials) -> None:
-        self._login = credentials.login
-        self._credentials = credentials
-        self._exchange = None
-        self._state = AUTHENTICATING
-        self._emit(Authenticate(credentials))
-
-    def _close(self) -> None:
-        self._state = CLOSED
-        self._exchange = None
-        self._buffer.clear()
-        self._emit(Close())
-
-    def _send(self, data: bytes) -> None:
-        self._events.append(Send(data))
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-
-    def _flush(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events

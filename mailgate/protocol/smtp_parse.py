@@ -12,6 +12,8 @@ import re
 from typing import Final, NamedTuple
 
 from mailgate.protocol.base import text
+from mailgate.protocol.line_parse import Args, sasl_response, split_args, split_command
+from mailgate.protocol.session import LOGGED_COMMAND_MAX, loggable_head
 
 # The verbs nginx recognises before login (RFC 5321 section 4.1.1, RFC 4954
 # AUTH, RFC 3207 STARTTLS). Anything else is a parse error, DATA and BDAT
@@ -37,8 +39,6 @@ VERBS: Final = frozenset(
 # first token being the response (SPEC 4.4).
 MAX_ARGUMENTS: Final = 11
 
-Args = tuple[bytes, ...]
-
 
 class Command(NamedTuple):
     verb: bytes  # upper case
@@ -51,49 +51,22 @@ class Command(NamedTuple):
     line: bytes
 
 
-def _body(line: bytes) -> bytes | None:
-    """The line without its LF or CRLF; None if a CR is not followed by LF
-    (SPEC 4.2)."""
-    body = line.removesuffix(b"\n").removesuffix(b"\r")
-    return None if b"\r" in body else body
-
-
-def _split(rest: bytes) -> Args:
-    # Runs of spaces separate arguments; only SP counts, not other whitespace.
-    return tuple(part for part in rest.split(b" ") if part)
-
-
 def parse_command(line: bytes) -> Command | None:
     """Tokenize a command line (LF-terminated)."""
-    body = _body(line)
-    if body is None:
+    split = split_command(line, VERBS)
+    if split is None:
         return None
-    verb, _, rest = body.partition(b" ")
-    # The verb is ASCII letters only, matched case-insensitively, and ends at
-    # SP or the line end: leading spaces or an empty line are parse errors.
-    verb = verb.upper()
-    if not verb.isalpha() or verb not in VERBS:
-        return None
-    args = _split(rest)
+    body, verb, rest = split
+    args = split_args(rest)
     if len(args) > MAX_ARGUMENTS:
         return None
     return Command(verb, args, body.rstrip(b" "), line)
 
 
 def parse_sasl_response(line: bytes) -> bytes | None:
-    """The SASL response token of a continuation line (SPEC 4.4).
-
-    nginx parses this line as further AUTH arguments: the response is the
-    text up to the first space (empty for an empty line), further tokens are
-    ignored, but more than ``MAX_ARGUMENTS`` tokens is a parse error.
-    """
-    body = _body(line)
-    if body is None:
-        return None
-    response, _, rest = body.partition(b" ")
-    if 1 + len(_split(rest)) > MAX_ARGUMENTS:
-        return None
-    return response
+    """The SASL response token of a continuation line; at most
+    ``MAX_ARGUMENTS`` tokens (SPEC 4.4, ``line_parse.sasl_response``)."""
+    return sasl_response(line, MAX_ARGUMENTS)
 
 
 # --- client bytes in log messages ---------------------------------------------------
@@ -116,11 +89,6 @@ def without_sasl_data(data: bytes) -> bytes:
     return data if found is None else data[: found.end()] + b" ..."
 
 
-# Bytes of a too long command quoted in the log. nginx quotes its whole
-# buffer; the log line is cut at 2048 bytes anyway (SPEC 10.1), so quote a
-# readable head only.
-LOGGED_COMMAND_MAX: Final = 256
-
 _AUTH_MECHANISM: Final = re.compile(rb"(?i)AUTH +[^ \r\n]+")
 
 
@@ -133,6 +101,4 @@ def loggable_command(line: bytes, sasl_response: bool) -> str:
     mechanism = _AUTH_MECHANISM.match(line[:LOGGED_COMMAND_MAX])
     if mechanism:
         return text(mechanism.group()) + " ..."
-    if len(line) > LOGGED_COMMAND_MAX:
-        return text(line[:LOGGED_COMMAND_MAX]) + "..."
-    return text(line)
+    return loggable_head(line)

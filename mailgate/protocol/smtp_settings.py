@@ -13,7 +13,8 @@ from typing import Final
 from mailgate.protocol import sasl
 from mailgate.protocol.base import wire
 from mailgate.protocol.capabilities import SmtpLists, smtp_lists
-from mailgate.protocol.smtp_upstream import DEFAULT_PROXY_BUFFER
+from mailgate.protocol.session import check_settings
+from mailgate.protocol.upstream_login import DEFAULT_PROXY_BUFFER
 
 # --- limits -----------------------------------------------------------------
 
@@ -37,7 +38,6 @@ AUTH_FAILED_CODE: Final = "535 5.7.0"
 
 # --- settings ---------------------------------------------------------------------
 
-STARTTLS_MODES: Final = ("off", "on", "only")
 AUTH_NONE: Final = "none"
 AUTH_METHODS: Final = (sasl.PLAIN, sasl.LOGIN, sasl.CRAM_MD5, sasl.EXTERNAL, AUTH_NONE)
 
@@ -70,15 +70,7 @@ class SmtpSettings:
     proxy_smtp_auth: bool = False
 
     def __post_init__(self) -> None:
-        if self.starttls not in STARTTLS_MODES:
-            raise ValueError(f"starttls must be one of {STARTTLS_MODES}, not {self.starttls!r}")
-        unknown = [method for method in self.auth_methods if method not in AUTH_METHODS]
-        if unknown:
-            raise ValueError(f"unknown smtp_auth methods {unknown}")
-        if self.max_errors < 0:
-            raise ValueError(f"max_errors must not be negative, not {self.max_errors}")
-        if self.client_buffer < 1 or self.proxy_buffer < 1:
-            raise ValueError("client_buffer and proxy_buffer must be positive")
+        check_settings(self, AUTH_METHODS, "smtp_auth")
         if self.greeting_delay < 0:
             raise ValueError(f"greeting_delay must not be negative, not {self.greeting_delay}")
 

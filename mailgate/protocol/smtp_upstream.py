@@ -31,10 +31,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from mailgate.protocol import xtext
-from mailgate.protocol.base import Credentials, Event, LoginFailed, LoginSucceeded, Send, text, wire
-
-# proxy_buffer default: one memory page, as nginx (ngx_mail_proxy_module).
-DEFAULT_PROXY_BUFFER: Final = 4096
+from mailgate.protocol.base import Credentials, Event, LoginFailed, Send, wire
+from mailgate.protocol.upstream_login import (
+    DEFAULT_PROXY_BUFFER,
+    DONE,
+    GREETING,
+    READING_RESPONSE,
+    UpstreamLogin,
+    response_text,
+)
 
 # The client host when there is no resolver (SPEC 7.1).
 UNAVAILABLE: Final = "[UNAVAILABLE]"
@@ -47,7 +52,6 @@ INTERNAL_ERROR: Final = b"451 4.3.2 Internal server error\r\n"
 NO_PASSWORD: Final = "no password available"
 
 # Log actions (SPEC 10.2).
-READING_RESPONSE: Final = "reading response from upstream"
 SENDING_HELO: Final = "sending HELO/EHLO to upstream"
 SENDING_XCLIENT: Final = "sending XCLIENT to upstream"
 SENDING_CLIENT_HELO: Final = "sending client HELO/EHLO to upstream"
@@ -217,19 +221,17 @@ class ReplyBuffer:
 
 # --- the state machine ---------------------------------------------------------------
 
-_GREETING: Final = "greeting"
 _HELO_SENT: Final = "helo sent"
 _XCLIENT_SENT: Final = "xclient sent"
 _CLIENT_HELO_SENT: Final = "client helo sent"
 _AUTH_SENT: Final = "auth sent"
 _MAIL_SENT: Final = "mail sent"
 _RCPT_SENT: Final = "rcpt sent"
-_DONE: Final = "done"
 
 # The reply codes each state accepts; only the first line's code is checked
 # (SPEC 9.3). None: any reply (the RCPT reply goes to the client as it is).
 _ACCEPTED: Final[dict[str, tuple[bytes, ...] | None]] = {
-    _GREETING: (b"220",),
+    GREETING: (b"220",),
     _HELO_SENT: (b"250",),
     _XCLIENT_SENT: (b"220", b"250"),
     _CLIENT_HELO_SENT: (b"250",),
@@ -283,7 +285,7 @@ def _log_in(up: SmtpUpstreamLogin) -> Event:
     if not p.proxy_smtp_auth:
         return _logged_in(up, b"")
     if p.password is None:
-        up._state, up.action = _DONE, SENDING_AUTH
+        up._state, up.action = DONE, SENDING_AUTH
         return NoPasswordAvailable(response=NO_PASSWORD, client_reply=INTERNAL_ERROR)
     return _send(up, _AUTH_SENT, SENDING_AUTH, auth_plain_command(p.login, p.password))
 
@@ -295,21 +297,17 @@ def _send_rcpt(up: SmtpUpstreamLogin, reply: bytes) -> Event:
 def _relay_rcpt_reply(up: SmtpUpstreamLogin, reply: bytes) -> Event:
     # smtp_auth none: the backend's RCPT reply answers the client's RCPT,
     # whatever it says (SPEC 7.6).
-    up._state = _DONE
-    return LoginSucceeded(client_reply=reply + up._replies.take())
+    return up._succeeded(reply)
 
 
 def _logged_in(up: SmtpUpstreamLogin, reply: bytes) -> Event:
-    # The backend's last reply is replaced by 235 (SPEC 9.4 step 6). Bytes
-    # the backend sent after it are not dropped: had they come in a later
-    # read, the relay would have copied them to the client anyway.
-    up._state = _DONE
-    return LoginSucceeded(client_reply=CLIENT_AUTH_OK + up._replies.take())
+    # The backend's last reply is replaced by 235 (SPEC 9.4 step 6).
+    return up._succeeded(CLIENT_AUTH_OK)
 
 
 # state -> what an accepted reply leads to (SPEC 9.4).
 _ON_ACCEPTED: Final[dict[str, UpstreamHandler]] = {
-    _GREETING: _send_helo,
+    GREETING: _send_helo,
     _HELO_SENT: _after_helo,
     _XCLIENT_SENT: _after_xclient,
     _CLIENT_HELO_SENT: _after_client_helo,
@@ -319,7 +317,7 @@ _ON_ACCEPTED: Final[dict[str, UpstreamHandler]] = {
 }
 
 
-class SmtpUpstreamLogin:
+class SmtpUpstreamLogin(UpstreamLogin):
     """Logs in to the SMTP backend on the client's behalf (SPEC 9.4).
 
     ``action`` is the log action for a timeout or socket error at this
@@ -330,10 +328,9 @@ class SmtpUpstreamLogin:
     protocol: ClassVar[str] = "smtp"
 
     def __init__(self, params: SmtpLoginParams) -> None:
+        replies = ReplyBuffer(params.buffer_size)
+        super().__init__(replies, replies.pop_reply)
         self.params = params
-        self._replies = ReplyBuffer(params.buffer_size)
-        self._state: str = _GREETING
-        self.action = READING_RESPONSE
 
     def __repr__(self) -> str:
         return f"SmtpUpstreamLogin(login={self.params.login!r}, state={self._state!r})"
@@ -342,35 +339,9 @@ class SmtpUpstreamLogin:
     def login(self) -> str:
         return self.params.login
 
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
-
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._state == _DONE:
-            return []
-        self.action = READING_RESPONSE
-        self._replies.feed(data)
-        events: list[Event] = []
-        while self._state != _DONE:
-            reply = self._replies.pop_reply()
-            if reply is None:
-                if self._replies.too_long:
-                    events.append(self._too_long())
-                break
-            events.append(self._handle(reply))
-        return events
-
     def _handle(self, reply: bytes) -> Event:
         accepted = _ACCEPTED[self._state]
         if accepted is not None and reply[:_CODE_LENGTH] not in accepted:
-            self._state = _DONE
             self.action = READING_RESPONSE
-            shown = reply.removesuffix(b"\n").removesuffix(b"\r")
-            return LoginFailed(response=text(shown), client_reply=reply)
+            return self._failed(response_text(reply), reply)
         return _ON_ACCEPTED[self._state](self, reply)
-
-    def _too_long(self) -> Event:
-        self._state = _DONE
-        head = self._replies.peek(self._replies.limit)
-        return LoginFailed(response=text(head), client_reply=head, too_long=True)
