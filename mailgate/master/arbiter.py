@@ -234,7 +234,9 @@ class Arbiter:
         """Wait until every worker of ``generation`` is serving or has died."""
         deadline = time.monotonic() + BOOT_DEADLINE
         while time.monotonic() < deadline:
-            pending = [w for w in self.workers.values() if w.generation == generation and not w.ready]
+            # A worker has answered once its pipe is closed: "R" when it
+            # serves, EOF when it died first.
+            pending = [w for w in self.workers.values() if w.generation == generation and w.ready_fd >= 0]
             if not pending:
                 break
             readable, _, _ = select.select([w.ready_fd for w in pending], [], [], 0.2)
@@ -332,9 +334,11 @@ class Arbiter:
 
 
 def _kill(pid: int, signo: int) -> None:
+    """Signal a worker; one that is gone or out of reach must not take the
+    master down (a sandbox without CAP_KILL answers EPERM)."""
     try:
         os.kill(pid, signo)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
