@@ -12,6 +12,7 @@ from mailgate.auth_file import load_users
 from mailgate.config.model import Config
 from mailgate.dns import Resolver
 from mailgate.errors import ConfigError
+from mailgate.realip import TrustedProxies
 
 
 def check(config: Config) -> None:
@@ -19,6 +20,10 @@ def check(config: Config) -> None:
     for path in sorted({server.auth_file for server in config.servers if server.auth_file}):
         load_users(path)
     for server in config.servers:
+        try:
+            TrustedProxies.from_directive_values(server.set_real_ip_from)
+        except ValueError as err:
+            raise ConfigError(f"{err} in \"set_real_ip_from\"", server.source.file, server.source.line) from None
         if not server.resolver:
             continue
         try:

@@ -44,8 +44,9 @@ class _Deadline:
 
 
 def connect_and_login(address: tuple[str, int], login, *, timeout: float, buffer_size: int,
-                      pass_error: bool, log) -> Upstream:
-    """Connect to ``address`` and run ``login`` (an UpstreamLogin) to its end.
+                      pass_error: bool, log, proxy_header: bytes | None = None) -> Upstream:
+    """Connect to ``address``, send ``proxy_header`` if any, and run ``login``
+    (an UpstreamLogin) to its end.
 
     Raises UpstreamError after logging in nginx's words (SPEC 9.1, 9.3, 9.5).
     """
@@ -53,6 +54,8 @@ def connect_and_login(address: tuple[str, int], login, *, timeout: float, buffer
     log.ctx.action = "connecting to upstream"
     sock = _connect(address, deadline, log)
     try:
+        if proxy_header:
+            _send_proxy_header(sock, proxy_header, log)
         return _login(sock, login, deadline, buffer_size, pass_error, log)
     except BaseException:
         sock.close()
@@ -70,6 +73,19 @@ def _connect(address: tuple[str, int], deadline: _Deadline, log) -> socket.socke
         text = err.strerror or os.strerror(code)
         log.log("error", f"connect() to {upstream} failed ({code}: {text})")
     raise UpstreamError()
+
+
+def _send_proxy_header(sock: socket.socket, header: bytes, log) -> None:
+    """In one send, before anything is read from the backend (SPEC 9.2)."""
+    log.ctx.action = "sending PROXY protocol header to upstream"
+    try:
+        sent = sock.send(header)
+    except OSError as err:
+        log.log("error", f"send() failed ({err.errno}: {err.strerror})")
+        raise UpstreamError() from None
+    if sent != len(header):
+        log.log("error", "could not send PROXY protocol header at once")
+        raise UpstreamError()
 
 
 def _login(sock: socket.socket, login, deadline: _Deadline, buffer_size: int, pass_error: bool, log) -> Upstream:

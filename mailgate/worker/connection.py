@@ -17,8 +17,11 @@ from mailgate.auth import AuthRequest, AuthResult
 from mailgate.config.model import Route, Server
 from mailgate.log import ErrorLog, SessionContext, SessionLog
 from mailgate.protocol.base import Authenticate, Close, Credentials, Log, Send, StartTLS
+from mailgate.protocol.proxy_protocol import ProxyHeader
+from mailgate.realip import real_client
 from mailgate.relay import Relay
 from mailgate.upstream import UpstreamError, connect_and_login
+from mailgate.worker.edge import EdgeClosed, proxy_header_out, read_proxy_header
 from mailgate.worker.protocols import client_buffer, new_session
 
 # Outcomes for the summary line (the relay adds its own).
@@ -60,6 +63,7 @@ class Connection:
         self.relay: Relay | None = None
         self.deadline = 0.0
         self.client_host = UNAVAILABLE
+        self.proxy_header: ProxyHeader | None = None
 
     # --- the whole session ----------------------------------------------------
 
@@ -67,14 +71,30 @@ class Connection:
         peer = f"{self.client_ip}:{self.client_port}" if self.client_port else self.client_ip
         self.log.bare("info", f"client {peer} connected to {self.route.listen.text}")
         try:
+            if self.route.listen.proxy_protocol:
+                self._proxy_protocol()
             result = self._pre_auth()
             if result is not None:
                 self._proxy(result)
-        except ClientGone:
+        except (ClientGone, EdgeClosed):
             self.outcome = CLIENT_GONE if self.outcome == QUIT else self.outcome
         finally:
             self.sock.close()
             self._summary()
+
+    def _proxy_protocol(self) -> None:
+        """The load balancer's header comes first (SPEC 3.1). A trusted peer's
+        header gives the real client address, used from here on in logs,
+        auth_http and XCLIENT; any header's addresses go to the auth server."""
+        header = read_proxy_header(self.sock, self.server.timeout, self.log)
+        self.proxy_header = header
+        if not header.has_addresses:
+            return
+        peer = None if self.client_ip == "unix:" else self.client_ip
+        ip, port = real_client(peer, self.client_port, header, self.worker.trusted_proxies(self.route.server))
+        if ip is not None and ip != peer:
+            self.client_ip, self.client_port = ip, port
+            self.log.ctx.client = ip
 
     def _pre_auth(self) -> tuple[AuthResult, Credentials] | None:
         if self.server.protocol == "smtp" and not self._smtp_prelude():
@@ -186,7 +206,9 @@ class Connection:
         self.log.ctx.login = creds.login
         self.log.ctx.action = "in http auth state"
         host = self.client_host if self.server.protocol == "smtp" else None
-        request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip, client_host=host)
+        addresses = self.proxy_header.addresses if self.proxy_header is not None else None
+        request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip, client_host=host,
+                              proxy_protocol=addresses)
         while True:
             asked = time.monotonic()
             result = self.worker.authenticate(self.server, request)
@@ -233,6 +255,7 @@ class Connection:
                 buffer_size=self.server.proxy_buffer,
                 pass_error=self.server.proxy_pass_error_message,
                 log=self.log,
+                proxy_header=self._proxy_header_out(),
             )
         except UpstreamError as err:
             self.outcome = BACKEND_ERROR
@@ -243,6 +266,15 @@ class Connection:
             return
         self.log.log("info", "client logged in", with_action=False)
         self._relay(upstream.sock, upstream.client_reply)
+
+    def _proxy_header_out(self) -> bytes | None:
+        """``proxy_protocol on|v2``: the client (after realip) and mailgate's
+        own end of the client connection (SPEC 9.2)."""
+        version = self.server.proxy_protocol
+        if version == "off":
+            return None
+        client = None if self.client_ip == "unix:" else (self.client_ip, self.client_port)
+        return proxy_header_out(version, client, self.sock.getsockname())
 
     def _relay(self, backend: socket.socket, client_reply: bytes) -> None:
         self.sock.settimeout(None)

@@ -22,6 +22,7 @@ from gevent.server import StreamServer
 from mailgate.config.model import Binding, Config
 from mailgate.dns import ACTION_ADDRESS, UNAVAILABLE, resolve_client_host, shared_resolver
 from mailgate.errors import MailgateError
+from mailgate.realip import TrustedProxies
 from mailgate.log import ErrorLog, SinkRegistry
 from mailgate.master.arbiter import WORKER_BOOT_ERROR
 from mailgate.master.privileges import drop_privileges
@@ -69,6 +70,7 @@ class Worker:
         self.stopped = Event()
         self.stopping = False
         self.auth: Authenticators | None = None
+        self.trusted = tuple(TrustedProxies.from_directive_values(s.set_real_ip_from) for s in config.servers)
 
     def run(self, ready_fd: int) -> int:
         try:
@@ -129,6 +131,10 @@ class Worker:
     def authenticate(self, server, request):  # noqa: ANN001, ANN201
         assert self.auth is not None
         return self.auth.authenticate(server, request)
+
+    def trusted_proxies(self, server_index: int) -> TrustedProxies:
+        """Whose PROXY header may change the client address (set_real_ip_from)."""
+        return self.trusted[server_index]
 
     def client_host(self, server, client_ip: str, log) -> str:  # noqa: ANN001
         """SMTP's client host name (SPEC 7.1): a PTR name confirmed by a forward
