@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONF ?= etc/mailgate.yaml
+DEB_OUT ?= packaging/dist
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean deb ci-debian
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +23,13 @@ run: venv
 test: venv
 	$(PY) -m pytest
 
+# The Debian package (bookworm): build it, or build, lint, install, run and
+# purge it as CI does (as root).
+deb:
+	packaging/build-deb.sh $(DEB_OUT)
+
+ci-debian:
+	packaging/ci-debian.sh
+
 clean:
-	rm -rf $(VENV) run *.egg-info .pytest_cache
+	rm -rf $(VENV) run *.egg-info .pytest_cache packaging/dist
