@@ -23,7 +23,9 @@ class AuthTls:
     """TLS facts of the client connection, for the Auth-SSL-* headers (SPEC 8.2
     item 13). Each header is left out when its value is empty: ``verify`` and
     the certificate fields are only set when ``ssl_verify_client`` is not off,
-    ``cert`` (PEM) only with ``auth_http_pass_client_cert on``."""
+    ``cert`` (PEM) only with ``auth_http_pass_client_cert on``. ``sni`` is
+    mailgate's own ``Auth-SSL-Server-Name``: the host name the client asked
+    for with SNI (nginx does not send it)."""
 
     protocol: str = ""  # e.g. TLSv1.3
     cipher: str = ""  # e.g. TLS_AES_256_GCM_SHA384
@@ -33,6 +35,7 @@ class AuthTls:
     serial: str = ""  # upper-case hex
     fingerprint: str = ""  # SHA-1, lower-case hex
     cert: str = ""  # PEM, escaped on the wire like Auth-User
+    sni: str = ""  # Auth-SSL-Server-Name: lower-case host name, "" without SNI
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ The checks follow nginx's order where it is observable: a directive is
 looked up (unknown, not allowed here), its terminator and argument count are
 checked, its value parsed, then combined with the other lines of its level.
 After a ``server {}`` block: "no "listen" is defined"; after the whole
-``mail {}`` block, for every server, the protocol, then authentication (nginx
-checks these while merging ``mail`` into ``server``).
+``mail {}`` block, for every server, the protocol, then TLS (certificates
+for ``listen ... ssl`` and ``starttls``), then authentication (nginx checks
+these while merging ``mail`` into ``server``, module by module).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from mailgate.config.directives import (
     Spec,
 )
 from mailgate.config.listen import compute_bindings
-from mailgate.config.model import Config, Listen, LogTarget, Main, Server, Source
+from mailgate.config.model import Config, Listen, LogTarget, Main, Server, Source, Ssl
 from mailgate.config.nodes import Directive
+from mailgate.config.sslconf import shown
 from mailgate.config.values import Context, directive_error, fail
+from mailgate.errors import ConfigError
 
 # Where the main error log goes when no error_log is set (nginx: the
 # compiled-in logs/error.log).
@@ -44,11 +47,14 @@ class Level:
     """The values set on one level (main, ``mail {}`` or one ``server {}``)."""
 
     values: dict[str, Any] = field(default_factory=dict)
+    # The last line of each directive, for checks that name where it was set.
+    where: dict[str, Directive] = field(default_factory=dict)
 
     def add(self, spec: Spec, d: Directive, value: Any, ctx: Context) -> None:
         """Combine one more line of ``spec`` with what the level has."""
         if spec.excludes is not None and spec.excludes in self.values:
             raise fail(f'"{d.name}" directive is not allowed together with "{spec.excludes}"', d)
+        self.where[spec.name] = d
         if spec.name not in self.values:
             self.values[spec.name] = (value,) if spec.merge is Merge.EACH else value
             return
@@ -183,6 +189,7 @@ class _Builder:
         """A server with each value from its own level, else ``mail {}``,
         else the default."""
         fields: dict[str, Any] = {}
+        groups: dict[str, dict[str, Any]] = {"ssl": {}}
         for spec in DIRECTIVES.values():
             if spec.field is None or SERVER not in spec.contexts:
                 continue
@@ -190,9 +197,12 @@ class _Builder:
             if spec.name not in level.values and (
                     spec.excludes is None or spec.excludes not in level.values):
                 source = mail
-            fields[spec.field] = source.values.get(spec.name, spec.default)
+            group, _, name = spec.field.rpartition(".")
+            target = groups[group] if group else fields
+            target[name] = source.values.get(spec.name, spec.default)
         fields["listens"] = tuple(l for group in fields["listens"] for l in group)
         fields["server_name"] = fields["server_name"] or socket.gethostname().lower()
+        fields["ssl"] = _ssl(fields, groups["ssl"], level, mail)
         return Server(source=Source(d.file, d.line), **fields)
 
     def main(self, level: Level) -> Main:
@@ -204,6 +214,51 @@ class _Builder:
         fields["error_log"] = fields["error_log"] or (DEFAULT_ERROR_LOG,)
         return Main(**fields)
 
+
+
+def _ssl(fields: dict[str, Any], values: dict[str, Any], level: Level, mail: Level) -> Ssl:
+    """The server's Ssl, after nginx's checks (ngx_mail_ssl_merge_conf):
+    a server with ``listen ... ssl`` or ``starttls on|only`` needs as many
+    keys as certificates, and ``ssl_verify_client`` needs a CA (but for
+    ``optional_no_ca``). A server without TLS is not checked at all."""
+    certificates, keys = values.pop("certificates"), values.pop("certificate_keys")
+    ssl = Ssl(certificates=tuple(zip(certificates, keys)), **values)
+    mode, where = _tls_mode(fields, level, mail)
+    if where is None:
+        return ssl
+    file, line = where
+    if not certificates:
+        raise ConfigError(f'no "ssl_certificate" is defined for the "{mode}" directive in '
+                          f"{file}:{line}")
+    if not keys:
+        raise ConfigError(f'no "ssl_certificate_key" is defined for the "{mode}" directive in '
+                          f"{file}:{line}")
+    if len(keys) < len(certificates):
+        raise ConfigError(f'no "ssl_certificate_key" is defined for certificate '
+                          f'"{shown(certificates[-1])}" and the "{mode}" directive in '
+                          f"{file}:{line}")
+    if (ssl.verify_client not in ("off", "optional_no_ca")
+            and ssl.client_certificate is None and ssl.trusted_certificate is None):
+        d = level.where.get("ssl_verify_client") or mail.where["ssl_verify_client"]
+        raise fail("no ssl_client_certificate or ssl_trusted_certificate for ssl_verify_client",
+                   d)
+    return ssl
+
+
+def _tls_mode(fields: dict[str, Any], level: Level,
+              mail: Level) -> tuple[str, tuple[str, int] | None]:
+    """nginx's "mode" of a server and where it was set: the last ``listen
+    ... ssl`` line, else the ``starttls`` line of the server, else that of
+    ``mail {}``. The check's message ends with that place (nginx prints it
+    itself, as the error is found while merging, not while reading)."""
+    ssl_listens = [listen for listen in fields["listens"] if listen.ssl]
+    if ssl_listens:
+        source = ssl_listens[-1].source
+        return "listen ... ssl", (source.file, source.line)
+    if fields["starttls"] != "off":
+        d = level.where.get("starttls") or mail.where["starttls"]
+        return "starttls", d.where
+    return "", None
 
 
 def _no_blocks(d: Directive) -> None:

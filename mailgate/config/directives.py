@@ -10,7 +10,8 @@ table with ``supported=False`` (or ``supported_values``): they are parsed and
 validated like the rest, then refused with "... is not supported yet", so a
 config written for nginx fails loudly instead of silently meaning something
 else. Enabling one is flipping its flag once the runtime implements it (and
-giving it a model ``field``).
+giving it a model ``field``). A ``field`` with a dot names an attribute of a
+group on the server: ``ssl.ciphers`` is ``Server.ssl.ciphers``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from mailgate.config.addresses import p_auth_http
 from mailgate.config.errorlog import p_error_log
 from mailgate.config.listen import LISTEN_PARAMETERS, ListenParam, p_listen
 from mailgate.config.nodes import Directive
+from mailgate.config.sslconf import (
+    PROTOCOLS as SSL_PROTOCOLS,
+    p_conf_command,
+    p_ecdh_curve,
+    p_session_cache,
+    p_ssl_file,
+    p_ssl_key,
+    p_ticket_key,
+)
 from mailgate.config.values import (
     Context,
     Parser,
@@ -152,9 +162,11 @@ def _block(name: str, contexts: frozenset[str], merge: Merge = Merge.ONCE) -> Sp
     return Spec(name, contexts, NONE, merge=merge, block=True)
 
 
-def _ssl(name: str, nargs: tuple[int, int | None], parse: Parser, **kw: Any) -> Spec:
-    """ngx_mail_ssl_module directives: validated, not yet served."""
-    return Spec(name, MS, nargs, parse, supported=False, **kw)
+def _ssl(name: str, nargs: tuple[int, int | None], parse: Parser, default: Any,
+         **kw: Any) -> Spec:
+    """ngx_mail_ssl_module directives: model field ``ssl.<name without ssl_>``."""
+    kw.setdefault("field", "ssl." + name.removeprefix("ssl_"))
+    return Spec(name, MS, nargs, parse, default, **kw)
 
 
 _TABLE: tuple[Spec, ...] = (
@@ -190,35 +202,38 @@ _TABLE: tuple[Spec, ...] = (
     _spec("proxy", MS, ONE, p_flag, False),
     _spec("proxy_buffer", MS, ONE, p_size, PAGE_SIZE),
     _spec("proxy_pass_error_message", MS, ONE, p_flag, False),
-    _spec("proxy_protocol", MS, ONE, p_enum("off", "on", "v2"), "off",
-          supported_values=("off",)),
+    _spec("proxy_protocol", MS, ONE, p_enum("off", "on", "v2"), "off"),
     _spec("proxy_smtp_auth", MS, ONE, p_flag, False),
     _spec("proxy_timeout", MS, ONE, p_msec, 86400.0),
     _spec("xclient", MS, ONE, p_flag, True),
     # ngx_mail_realip_module
-    _spec("set_real_ip_from", MS, ONE, p_string, (), merge=EACH, supported=False),
-    # ngx_mail_ssl_module
-    _spec("starttls", MS, ONE, p_enum("on", "off", "only"), "off", supported_values=("off",)),
-    _ssl("ssl_certificate", ONE, p_string, merge=EACH),
-    _ssl("ssl_certificate_key", ONE, p_string, merge=EACH),
-    _ssl("ssl_password_file", ONE, p_string),
-    _ssl("ssl_certificate_compression", ONE, p_flag),
-    _ssl("ssl_ciphers", ONE, p_string),
-    _ssl("ssl_prefer_server_ciphers", ONE, p_flag),
-    _ssl("ssl_protocols", ONE_OR_MORE,
-         p_methods("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"), merge=UNION),
-    _ssl("ssl_dhparam", ONE, p_string),
-    _ssl("ssl_ecdh_curve", ONE, p_string),
-    _ssl("ssl_session_cache", ONE_OR_MORE, p_strings),
-    _ssl("ssl_session_tickets", ONE, p_flag),
-    _ssl("ssl_session_ticket_key", ONE, p_string, merge=EACH),
-    _ssl("ssl_session_timeout", ONE, p_sec),
-    _ssl("ssl_verify_client", ONE, p_enum("on", "off", "optional", "optional_no_ca")),
-    _ssl("ssl_verify_depth", ONE, p_number),
-    _ssl("ssl_client_certificate", ONE, p_string),
-    _ssl("ssl_trusted_certificate", ONE, p_string),
-    _ssl("ssl_crl", ONE, p_string),
-    _ssl("ssl_conf_command", TWO, p_pair, merge=EACH),
+    _spec("set_real_ip_from", MS, ONE, p_string, (), merge=EACH),
+    # ngx_mail_ssl_module: the model groups these as Server.ssl (field "ssl.<name>");
+    # build pairs certificates with keys and checks what nginx checks on merge.
+    _spec("starttls", MS, ONE, p_enum("on", "off", "only"), "off"),
+    _ssl("ssl_certificate", ONE, p_ssl_file, (), merge=EACH, field="ssl.certificates"),
+    _ssl("ssl_certificate_key", ONE, p_ssl_key, (), merge=EACH, field="ssl.certificate_keys"),
+    _ssl("ssl_password_file", ONE, p_path, None),
+    _ssl("ssl_certificate_compression", ONE, p_flag, False, supported_values=("off",)),
+    _ssl("ssl_ciphers", ONE, p_string, "HIGH:!aNULL:!MD5"),
+    _ssl("ssl_prefer_server_ciphers", ONE, p_flag, False),
+    _ssl("ssl_protocols", ONE_OR_MORE, p_methods(*SSL_PROTOCOLS), ("TLSv1.2", "TLSv1.3"),
+         merge=UNION),
+    _ssl("ssl_dhparam", ONE, p_path, None),
+    _ssl("ssl_ecdh_curve", ONE, p_ecdh_curve, "auto"),
+    _ssl("ssl_session_cache", ONE_OR_TWO, p_session_cache, ("none",)),
+    _ssl("ssl_session_tickets", ONE, p_flag, True),
+    _ssl("ssl_session_ticket_key", ONE, p_ticket_key, (), merge=EACH,
+         field="ssl.session_ticket_keys"),
+    _ssl("ssl_session_timeout", ONE, p_sec, 300),
+    # optional_no_ca needs an OpenSSL verify callback, which Python's ssl lacks.
+    _ssl("ssl_verify_client", ONE, p_enum("on", "off", "optional", "optional_no_ca"), "off",
+         supported_values=("off", "on", "optional")),
+    _ssl("ssl_verify_depth", ONE, p_number, 1),
+    _ssl("ssl_client_certificate", ONE, p_ssl_file, None),
+    _ssl("ssl_trusted_certificate", ONE, p_ssl_file, None),
+    _ssl("ssl_crl", ONE, p_ssl_file, None),
+    _ssl("ssl_conf_command", TWO, p_conf_command, (), merge=EACH, field="ssl.conf_commands"),
     # ngx_mail_pop3_module (pop3_client_buffer is mailgate's: SPEC "Do better")
     _spec("pop3_auth", MS, ONE_OR_MORE, p_methods("plain", "apop", "cram-md5", "external"),
           ("plain",), merge=UNION),

@@ -97,8 +97,8 @@ LISTEN_PARAMETERS: dict[str, ListenParam] = {
                     error='invalid ipv6only flags "{}"'),
         ListenParam("so_keepalive", _keepalive, value=True, implies_bind=True,
                     error='invalid so_keepalive value: "{}"'),
-        ListenParam("ssl", _flag_param("ssl"), supported=False),
-        ListenParam("proxy_protocol", _flag_param("proxy_protocol"), supported=False),
+        ListenParam("ssl", _flag_param("ssl")),
+        ListenParam("proxy_protocol", _flag_param("proxy_protocol")),
         # MPTCP (nginx 1.29.7); not modelled on Listen until supported.
         ListenParam("multipath", lambda _text: {}, implies_bind=True, supported=False),
     )

@@ -115,12 +115,44 @@ class AuthHttpUrl:
 
 
 @dataclass(frozen=True, slots=True)
+class Ssl:
+    """The ngx_mail_ssl_module directives of one server (``ssl_<field>``).
+
+    ``certificates`` pairs the i-th ``ssl_certificate`` with the i-th
+    ``ssl_certificate_key`` as nginx does. Certificate, key, CA and CRL
+    values are absolute paths or ``data:`` PEM text. Nothing here is read
+    or loaded: ``mailgate.tls`` does that in the workers (and for
+    ``mailgate test``), so the master never needs the ssl module.
+    """
+
+    certificates: tuple[tuple[str, str], ...] = ()
+    password_file: str | None = None
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = "HIGH:!aNULL:!MD5"
+    prefer_server_ciphers: bool = False
+    dhparam: str | None = None
+    ecdh_curve: str = "auto"
+    session_cache: tuple[str, ...] = ("none",)  # the arguments, checked
+    session_tickets: bool = True
+    session_ticket_keys: tuple[str, ...] = ()
+    session_timeout: int = 300
+    verify_client: str = "off"  # "off" | "on" | "optional" | "optional_no_ca"
+    verify_depth: int = 1
+    client_certificate: str | None = None
+    trusted_certificate: str | None = None
+    crl: str | None = None
+    conf_commands: tuple[tuple[str, str], ...] = ()
+    certificate_compression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     """One ``server {}`` with every inherited value resolved.
 
-    Field names are the directive names. Auth method lists are normalised to
-    lower case and kept in the directive's order; capability lists are kept
-    exactly as written (SPEC 2.10).
+    Field names are the directive names, but for the ``ssl_*`` directives,
+    grouped in ``ssl``. Auth method lists are normalised to lower case and
+    kept in the directive's order; capability lists are kept exactly as
+    written (SPEC 2.10).
     """
 
     protocol: str  # "pop3" | "imap" | "smtp"
@@ -149,8 +181,9 @@ class Server:
     xclient: bool = True
     # ngx_mail_realip_module
     set_real_ip_from: tuple[str, ...] = ()
-    # ngx_mail_ssl_module (only starttls is modelled until TLS is built)
-    starttls: str = "off"
+    # ngx_mail_ssl_module
+    starttls: str = "off"  # "off" | "on" | "only"
+    ssl: Ssl = Ssl()
     # protocols
     pop3_auth: tuple[str, ...] = ("plain",)
     pop3_capabilities: tuple[str, ...] = ("TOP", "USER", "UIDL")
@@ -162,6 +195,12 @@ class Server:
     smtp_capabilities: tuple[str, ...] = ()
     smtp_client_buffer: int = 4096
     smtp_greeting_delay: float = 0.0
+
+    @property
+    def uses_tls(self) -> bool:
+        """A ``listen ... ssl`` or ``starttls on|only``: the server needs
+        its certificates (nginx's ngx_mail_ssl_merge_conf "mode")."""
+        return self.starttls != "off" or any(listen.ssl for listen in self.listens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,9 +160,7 @@ def test_parameters(tmp_path: Path, params: str, expected: dict[str, object]) ->
         ("fastopen=10", 'invalid parameter "fastopen=10"'),
         ("bind=on", 'invalid parameter "bind=on"'),
         ("backlog", 'invalid parameter "backlog"'),
-        ("ssl", 'the "ssl" parameter of the "listen" directive is not supported yet'),
-        ("proxy_protocol",
-         'the "proxy_protocol" parameter of the "listen" directive is not supported yet'),
+        ("ssl", 'no "ssl_certificate" is defined for the "listen ... ssl" directive'),
         ("multipath", 'the "multipath" parameter of the "listen" directive is not supported yet'),
     ],
 )
