@@ -120,6 +120,10 @@ def _tls_headers(tls: auth.AuthTls) -> list[tuple[str, bytes]]:
             lines.append((name, wire(value)))
     if tls.cert:
         lines.append(("Auth-SSL-Cert", escape(wire(tls.cert))))
+    # mailgate's own, after nginx's headers so their order is kept: the name
+    # the client asked for by SNI (already checked to be a plain host name).
+    if tls.sni:
+        lines.append(("Auth-SSL-Server-Name", wire(tls.sni)))
     return lines
 
 

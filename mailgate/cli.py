@@ -52,20 +52,52 @@ def _say(message: str) -> None:
     sys.stderr.write(f"{NAME}: {message}\n")
 
 
-def _load(path: str, quiet: bool = False):  # noqa: ANN202 - Config or None
+def _load(path: str, quiet: bool = False, tls: str = "here"):  # noqa: ANN202 - Config or None
+    """Load and check ``path``; None (after saying why) when it is broken.
+
+    ``tls`` says where certificates are loaded to check them: "here", in a
+    forked child ("child": this process becomes the master, which must never
+    import ssl), or not at all ("no")."""
     from mailgate.checks import check
     from mailgate.config import load_with_warnings
 
     try:
         config, warnings = load_with_warnings(path)
         check(config)
+        if tls == "here":
+            _check_tls(config)
     except ConfigError as err:
         _say(f"[emerg] {err}")
+        return None
+    if tls == "child" and not _check_tls_in_child(config):
         return None
     if not quiet:
         for warning in warnings:
             _say(f"[warn] {warning}")
     return config
+
+
+def _check_tls(config) -> None:  # noqa: ANN001
+    from mailgate import tls
+
+    tls.check(config)
+
+
+def _check_tls_in_child(config) -> bool:  # noqa: ANN001
+    if not any(server.uses_tls for server in config.servers):
+        return True
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            _check_tls(config)
+        except ConfigError as err:
+            _say(f"[emerg] {err}")
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -78,7 +110,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, tls="child")
     if config is None:
         return 1
     from mailgate.master import pidfile
@@ -129,7 +161,7 @@ def _await_start(read_fd: int) -> int:
 
 
 def _master_pid(args: argparse.Namespace) -> int | None:
-    config = _load(args.config, quiet=True)
+    config = _load(args.config, quiet=True, tls="no")
     if config is None:
         return None
     from mailgate.master import pidfile
@@ -177,7 +209,7 @@ def cmd_reopen(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args.config, quiet=True)
+    config = _load(args.config, quiet=True, tls="no")
     if config is None:
         return 1
     from mailgate.master import pidfile

@@ -130,12 +130,16 @@ class Relay:
 
     def _end_of_stream(self, dst: socket.socket, from_client: bool) -> None:
         """Pass the EOF on; the backend's EOF also ends the session."""
+        if not from_client:
+            # The session ends: the close that follows tells the client. A TLS
+            # socket must not be shut down here: SSLSocket.shutdown() drops
+            # the TLS layer and later writes would go out in clear.
+            self.finished.set()
+            return
         try:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        if not from_client:
-            self.finished.set()
 
     def _log_error(self, what: str, err: OSError, action: str = "proxying", client_side: bool = True) -> None:
         # Client-side socket errors are the client's business (info); the

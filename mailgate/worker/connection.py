@@ -13,7 +13,7 @@ import time
 import gevent
 
 from mailgate import auth
-from mailgate.auth import AuthRequest, AuthResult
+from mailgate.auth import AuthRequest, AuthResult, AuthTls
 from mailgate.config.model import Route, Server
 from mailgate.log import ErrorLog, SessionContext, SessionLog
 from mailgate.protocol.base import Authenticate, Close, Credentials, Log, Send, StartTLS
@@ -21,8 +21,8 @@ from mailgate.protocol.proxy_protocol import ProxyHeader
 from mailgate.realip import real_client
 from mailgate.relay import Relay
 from mailgate.upstream import UpstreamError, connect_and_login
-from mailgate.worker.edge import EdgeClosed, proxy_header_out, read_proxy_header
-from mailgate.worker.protocols import client_buffer, new_session
+from mailgate.worker.edge import EdgeClosed, handshake, proxy_header_out, read_proxy_header, tlvs_of
+from mailgate.worker.protocols import CERTIFICATE_REPLIES, client_buffer, new_session
 
 # Outcomes for the summary line (the relay adds its own).
 QUIT = "closed-before-login"
@@ -32,6 +32,7 @@ AUTH_ERROR = "auth-error"
 BACKEND_ERROR = "backend-error"
 CLIENT_GONE = "client-closed"
 PIPELINED_EARLY = "rejected-before-greeting"
+TLS_REFUSED = "certificate-refused"
 
 # Client-Host and XCLIENT NAME when the name is not known (SPEC 7.1).
 UNAVAILABLE = "[UNAVAILABLE]"
@@ -53,7 +54,8 @@ class Connection:
         self.client_ip, self.client_port = _peer(peer, route)
         ctx = SessionContext(number=number, client=self.client_ip, server=route.listen.text)
         self.log = SessionLog(errlog, ctx)
-        self.session = new_session(server)
+        self.session = None  # made once any implicit TLS is up
+        self.tls_facts: AuthTls | None = None
         self.read_size = client_buffer(server)
         self.started = time.monotonic()
         self.bytes_in = 0
@@ -73,6 +75,9 @@ class Connection:
         try:
             if self.route.listen.proxy_protocol:
                 self._proxy_protocol()
+            if self.route.listen.ssl:
+                self._start_tls(self.server.timeout)
+            self.session = new_session(self.server, tls_active=self.route.listen.ssl)
             result = self._pre_auth()
             if result is not None:
                 self._proxy(result)
@@ -96,6 +101,19 @@ class Connection:
             self.client_ip, self.client_port = ip, port
             self.log.ctx.client = ip
 
+    def _start_tls(self, timeout: float) -> None:
+        """Handshake, then nginx's client certificate checks (SPEC 3.2, 3.3)."""
+        server_tls = self.worker.server_tls(self.route.server)
+        sslsock = handshake(self.sock, server_tls, timeout, self.log)
+        self.sock = sslsock
+        problem = server_tls.check_client(sslsock)
+        if problem is not None:
+            self.log.log("info", problem.log)
+            self.outcome = TLS_REFUSED
+            self._send_client(CERTIFICATE_REPLIES[self.server.protocol][problem.kind])
+            raise ClientGone()
+        self.tls_facts = server_tls.facts(sslsock)
+
     def _pre_auth(self) -> tuple[AuthResult, Credentials] | None:
         if self.server.protocol == "smtp" and not self._smtp_prelude():
             return None
@@ -116,7 +134,11 @@ class Connection:
                 events = outcome
                 continue
             if isinstance(blocking, StartTLS):
-                raise ClientGone()  # TLS is refused by the config until it is built
+                # The deadline runs on through STARTTLS (SPEC 4.6).
+                self._start_tls(self.deadline - time.monotonic())
+                self.log.ctx.starttls = True
+                events = self.session.tls_started()
+                continue
             events = self.session.receive_data(self._recv_client())
 
     def _smtp_prelude(self) -> bool:
@@ -208,7 +230,7 @@ class Connection:
         host = self.client_host if self.server.protocol == "smtp" else None
         addresses = self.proxy_header.addresses if self.proxy_header is not None else None
         request = AuthRequest(creds, self.server.protocol, self.attempt, self.client_ip, client_host=host,
-                              proxy_protocol=addresses)
+                              proxy_protocol=addresses, tls=self.tls_facts)
         while True:
             asked = time.monotonic()
             result = self.worker.authenticate(self.server, request)
@@ -274,7 +296,8 @@ class Connection:
         if version == "off":
             return None
         client = None if self.client_ip == "unix:" else (self.client_ip, self.client_port)
-        return proxy_header_out(version, client, self.sock.getsockname())
+        facts = tlvs_of(self.sock, self.tls_facts) if self.tls_facts is not None else None
+        return proxy_header_out(version, client, self.sock.getsockname(), facts)
 
     def _relay(self, backend: socket.socket, client_reply: bytes) -> None:
         self.sock.settimeout(None)

@@ -19,6 +19,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from mailgate import tls
 from mailgate.config.model import Binding, Config
 from mailgate.dns import ACTION_ADDRESS, UNAVAILABLE, resolve_client_host, shared_resolver
 from mailgate.errors import MailgateError
@@ -70,6 +71,7 @@ class Worker:
         self.stopped = Event()
         self.stopping = False
         self.auth: Authenticators | None = None
+        self.tls: tuple[tls.ServerTls | None, ...] = ()
         self.trusted = tuple(TrustedProxies.from_directive_values(s.set_real_ip_from) for s in config.servers)
 
     def run(self, ready_fd: int) -> int:
@@ -92,6 +94,8 @@ class Worker:
             resource.setrlimit(resource.RLIMIT_NOFILE, (main.worker_rlimit_nofile, main.worker_rlimit_nofile))
         drop_privileges(main.user)
         self.auth = Authenticators(self.config)
+        # Certificates are read here, so every new generation (reload) re-reads them.
+        self.tls = tls.load(self.config)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         gevent.signal_handler(signal.SIGQUIT, self.graceful)
         gevent.signal_handler(signal.SIGTERM, self.fast)
@@ -131,6 +135,11 @@ class Worker:
     def authenticate(self, server, request):  # noqa: ANN001, ANN201
         assert self.auth is not None
         return self.auth.authenticate(server, request)
+
+    def server_tls(self, server_index: int) -> tls.ServerTls:
+        server_tls = self.tls[server_index]
+        assert server_tls is not None, "TLS asked of a server without certificates"
+        return server_tls
 
     def trusted_proxies(self, server_index: int) -> TrustedProxies:
         """Whose PROXY header may change the client address (set_real_ip_from)."""

@@ -15,9 +15,10 @@ from mailgate.protocol.pop3 import Pop3Session, Pop3Settings
 from mailgate.protocol.smtp import SmtpSession, SmtpSettings
 
 
-def _pop3(server: Server) -> Pop3Session:
+def _pop3(server: Server, tls_active: bool) -> Pop3Session:
     return Pop3Session(
         Pop3Settings(
+            tls_active=tls_active,
             auth_methods=server.pop3_auth,
             capabilities=server.pop3_capabilities,
             starttls=server.starttls,
@@ -29,9 +30,10 @@ def _pop3(server: Server) -> Pop3Session:
     )
 
 
-def _imap(server: Server) -> ImapSession:
+def _imap(server: Server, tls_active: bool) -> ImapSession:
     return ImapSession(
         ImapSettings(
+            tls_active=tls_active,
             auth_methods=server.imap_auth,
             capabilities=server.imap_capabilities,
             starttls=server.starttls,
@@ -43,9 +45,10 @@ def _imap(server: Server) -> ImapSession:
     )
 
 
-def _smtp(server: Server) -> SmtpSession:
+def _smtp(server: Server, tls_active: bool) -> SmtpSession:
     return SmtpSession(
         SmtpSettings(
+            tls_active=tls_active,
             auth_methods=server.smtp_auth,
             capabilities=server.smtp_capabilities,
             starttls=server.starttls,
@@ -60,7 +63,7 @@ def _smtp(server: Server) -> SmtpSession:
     )
 
 
-SESSIONS: dict[str, Callable[[Server], object]] = {"pop3": _pop3, "imap": _imap, "smtp": _smtp}
+SESSIONS: dict[str, Callable[[Server, bool], object]] = {"pop3": _pop3, "imap": _imap, "smtp": _smtp}
 
 # The client->backend buffer of each protocol (SPEC 9.7).
 CLIENT_BUFFERS: dict[str, Callable[[Server], int]] = {
@@ -70,8 +73,21 @@ CLIENT_BUFFERS: dict[str, Callable[[Server], int]] = {
 }
 
 
-def new_session(server: Server):  # noqa: ANN201 - each protocol's Session type
-    return SESSIONS[server.protocol](server)
+def new_session(server: Server, tls_active: bool = False):  # noqa: ANN201 - each protocol's Session type
+    """The protocol's session; ``tls_active`` for implicit TLS (``listen ... ssl``)."""
+    return SESSIONS[server.protocol](server, tls_active)
+
+
+# What the client is told before the close when its certificate is refused
+# after the handshake (SPEC 3.3), by ClientCertProblem.kind.
+CERTIFICATE_REPLIES: dict[str, dict[str, bytes]] = {
+    "pop3": {"certificate error": b"-ERR SSL certificate error\r\n",
+             "no certificate": b"-ERR No required SSL certificate\r\n"},
+    "imap": {"certificate error": b"* BYE SSL certificate error\r\n",
+             "no certificate": b"* BYE No required SSL certificate\r\n"},
+    "smtp": {"certificate error": b"421 4.7.1 SSL certificate error\r\n",
+             "no certificate": b"421 4.7.1 No required SSL certificate\r\n"},
+}
 
 
 def client_buffer(server: Server) -> int:
