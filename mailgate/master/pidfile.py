@@ -17,13 +17,24 @@ def read(path: str) -> int | None:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: a daemon whose parent is an
+    init that does not reap (some containers) stays one after it exits, and
+    ``mailgate stop`` must not wait for it forever."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def running(path: str) -> int | None:

@@ -249,3 +249,16 @@ def test_unloadable_certificate_is_a_clear_error(make_mailgate, pop3_auth, tmp_p
         assert result.returncode == 1
         assert f'"{missing}"' in result.stderr and f"in {mg.conf}:" in result.stderr
     assert not mg.pid_path.exists()
+
+
+def test_proxy_header_then_tls_on_one_listener(tls_mailgate, pop3_auth, ca):
+    """The PROXY header is read before the TLS handshake (SPEC 1, 3.1)."""
+    mg = tls_mailgate(pop3_auth, "pop3", params="ssl proxy_protocol", extra="set_real_ip_from 127.0.0.1;")
+    raw = socket.create_connection(("127.0.0.1", mg.port), timeout=10)
+    raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 995\r\n")
+    sock = client_context(ca).wrap_socket(raw, server_hostname="mail.test")
+    assert recv_until(sock, b"\r\n") == b"+OK POP3 ready\r\n"
+    sock.sendall(b"USER alice\r\nPASS wonderland\r\nQUIT\r\n")
+    assert b"+OK logged in" in recv_all(sock)
+    request = pop3_auth.requests[0]
+    assert request.header("Client-IP") == "192.0.2.7" and request.header("Auth-SSL") == "on"

@@ -72,3 +72,21 @@ def test_protocol_sources_import_no_io_module() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in NOT_IN_PROTOCOL, f"{path}: import {name}"
+
+
+MASTER_PROBE = """
+import json, sys
+import mailgate.cli, mailgate.master.arbiter, mailgate.checks
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_master_imports_no_gevent_requests_or_ssl() -> None:
+    """The master (and the CLI that becomes it) must not load what workers
+    monkey-patch after fork: gevent, requests, ssl (DESIGN "Processes")."""
+    result = subprocess.run([sys.executable, "-c", MASTER_PROBE], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    modules = json.loads(result.stdout)
+    assert not top_level(modules) & {"gevent", "requests", "ssl", "urllib3"}, sorted(
+        m for m in modules if m.split(".")[0] in {"gevent", "requests", "ssl", "urllib3"})
+    assert not [m for m in modules if m.startswith(("mailgate.worker.process", "mailgate.tls", "mailgate.auth_http"))]
