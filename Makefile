@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONF ?= etc/mailgate.yaml
 DEB_OUT ?= packaging/dist
 
-.PHONY: run test venv clean deb ci-debian
+.PHONY: run test venv clean deb ci-debian bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ deb:
 
 ci-debian:
 	packaging/ci-debian.sh
+
+# Benchmarks against nginx's mail proxy (bench/README.md); not part of test or CI.
+bench: venv
+	bench/setup.sh
+	$(PY) bench/run.py --out bench/results/latest.json
+
+bench-quick: venv
+	bench/setup.sh
+	$(PY) bench/run.py --quick --out bench/results/quick.json
 
 clean:
 	rm -rf $(VENV) run *.egg-info .pytest_cache packaging/dist
