@@ -34,6 +34,12 @@ CLIENT_GONE = "client-closed"
 PIPELINED_EARLY = "rejected-before-greeting"
 TLS_REFUSED = "certificate-refused"
 
+# Largest read per relay direction. nginx copies through proxy_buffer (4k)
+# and the client buffer; each read costs mailgate a fixed Python overhead,
+# so bulk transfers need large reads (a blocked recv() holds no buffer, so
+# idle sessions pay nothing for it). proxy_buffer still bounds the login.
+RELAY_READ = 65536
+
 # Client-Host and XCLIENT NAME when the name is not known (SPEC 7.1).
 UNAVAILABLE = "[UNAVAILABLE]"
 
@@ -309,8 +315,8 @@ class Connection:
         self.relay = Relay(
             self.sock,
             backend,
-            client_buffer=self.read_size,
-            backend_buffer=self.server.proxy_buffer,
+            client_buffer=max(self.read_size, RELAY_READ),
+            backend_buffer=max(self.server.proxy_buffer, RELAY_READ),
             idle_timeout=self.server.proxy_timeout,
             log=self.log,
         )
