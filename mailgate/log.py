@@ -2,7 +2,10 @@
 
 A line looks like nginx's (SPEC 10.1)::
 
-    2026/11/25 10:00:00 [info] 4242#0: *3 client login failed: "Bad" while in http auth state, client: 127.0.0.1, server: 127.0.0.1:1110, login: "bob"
+    2026/11/25 10:00:00 [info] 4242#0: *3 client login failed: "Bad" while in http auth state,
+    client: 127.0.0.1, server: 127.0.0.1:1110, login: "bob"
+
+(one line in the log; folded here).
 
 ``ErrorLog`` writes to every ``error_log`` target of a context, each with its
 own level. Sinks are shared per destination within a process so that USR1

@@ -98,7 +98,6 @@ from mailgate.config.model import Config, Server
 from mailgate.tls_context import CertificatePair, ContextBuilder
 from mailgate.tls_facts import (
     certificate_facts,
-    certificates,
     clean_host_name,
     client_hello_alpn,
 )

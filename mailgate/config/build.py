@@ -200,7 +200,7 @@ class _Builder:
             group, _, name = spec.field.rpartition(".")
             target = groups[group] if group else fields
             target[name] = source.values.get(spec.name, spec.default)
-        fields["listens"] = tuple(l for group in fields["listens"] for l in group)
+        fields["listens"] = tuple(item for group in fields["listens"] for item in group)
         fields["server_name"] = fields["server_name"] or socket.gethostname().lower()
         fields["ssl"] = _ssl(fields, groups["ssl"], level, mail)
         return Server(source=Source(d.file, d.line), **fields)

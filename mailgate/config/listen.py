@@ -155,7 +155,7 @@ def compute_bindings(servers: tuple[Server, ...]) -> tuple[Binding, ...]:
     """
     routes = [(listen, Route(listen, index))
               for index, server in enumerate(servers) for listen in server.listens]
-    wildcards = {(l.family, l.port): route for l, route in routes if l.wildcard}
+    wildcards = {(lst.family, lst.port): route for lst, route in routes if lst.wildcard}
     folded: dict[tuple[str, int], list[tuple[str, Route]]] = {}
     for listen, route in routes:
         wildcard = wildcards.get((listen.family, listen.port))
