@@ -19,12 +19,15 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailgate.protocol.base import Close, Event, Log, Send
+from mailgate.protocol.sasl import decode_base64
 
 Step = bytes | Callable[[Any], list[Event]]
 Splitter = Callable[[bytes], list[bytes]]
@@ -141,3 +144,20 @@ def run(
 def _describe(events: list[Event]) -> list[object]:
     # Send's repr hides its payload; show it here, where it is test data.
     return [event.data if isinstance(event, Send) else event for event in events]
+
+
+def b64(data: bytes | str) -> bytes:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data)
+
+
+def assert_secret_kept_out(result: Run, transcript: Sequence[Step], secret: str) -> None:
+    """Every log line is info, and none holds ``secret``: neither in clear
+    nor as any base64 token of the transcript that decodes to contain it."""
+    for log in result.logs:
+        assert secret not in log.message
+        assert log.level == "info"
+    for step in transcript:
+        if isinstance(step, bytes):
+            for token in re.findall(rb"[A-Za-z0-9+/=]{8,}", step):
+                if secret.encode() in (decode_base64(token) or b""):
+                    assert all(token.decode() not in log.message for log in result.logs)
