@@ -69,15 +69,21 @@ class Connection:
         self.attempt = 0
         self.outcome = QUIT
         self.relay: Relay | None = None
+        self.backend: socket.socket | None = None
         self.deadline = 0.0
         self.client_host = UNAVAILABLE
         self.proxy_header: ProxyHeader | None = None
+        self.ended = False
 
     # --- the whole session ----------------------------------------------------
 
     def run(self) -> None:
+        """Serve the session up to the relay. When the relay starts, this
+        returns and the session goes on in the hub's watchers, which end it;
+        otherwise the session ends here. Either way ``_end`` runs once."""
         peer = f"{self.client_ip}:{self.client_port}" if self.client_port else self.client_ip
         self.log.bare("info", f"client {peer} connected to {self.route.listen.text}")
+        relaying = False
         try:
             if self.route.listen.proxy_protocol:
                 self._proxy_protocol()
@@ -86,12 +92,22 @@ class Connection:
             self.session = new_session(self.server, tls_active=self.route.listen.ssl)
             result = self._pre_auth()
             if result is not None:
-                self._proxy(result)
+                relaying = self._proxy(result)
         except (ClientGone, EdgeClosed):
             self.outcome = CLIENT_GONE if self.outcome == QUIT else self.outcome
         finally:
+            if not relaying:
+                self._end()
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        try:
             self.sock.close()
             self._summary()
+        finally:
+            self.worker.session_ended(self)
 
     def _proxy_protocol(self) -> None:
         """The load balancer's header comes first (SPEC 3.1). A trusted peer's
@@ -269,7 +285,8 @@ class Connection:
 
     # --- backend and relay ----------------------------------------------------
 
-    def _proxy(self, decision: tuple[AuthResult, Credentials]) -> None:
+    def _proxy(self, decision: tuple[AuthResult, Credentials]) -> bool:
+        """Log in to the backend; True once the relay is armed."""
         result, creds = decision
         login = result.login if result.login is not None else creds.login
         password = result.password if result.password is not None else creds.password
@@ -291,9 +308,10 @@ class Connection:
                 self._send_client(err.reply)
             else:
                 self._perform(self.session.internal_error())
-            return
+            return False
         self.log.log("info", "client logged in", with_action=False)
         self._relay(upstream.sock, upstream.client_reply)
+        return True
 
     def _proxy_header_out(self) -> bytes | None:
         """``proxy_protocol on|v2``: the client (after realip) and mailgate's
@@ -306,12 +324,13 @@ class Connection:
         return proxy_header_out(version, client, self.sock.getsockname(), facts)
 
     def _relay(self, backend: socket.socket, client_reply: bytes) -> None:
-        self.sock.settimeout(None)
         self.log.ctx.action = "proxying"
         pending = self.session.pending_input()
         if self.log.enabled("debug"):
             self.log.log("debug", f"relay starts: {len(client_reply)} bytes to the client, {len(pending)} pipelined"
                          f" bytes to the backend, proxy_timeout {self.server.proxy_timeout:g}s")
+        self.session = None  # the login state is not needed any more: idle sessions stay small
+        self.backend = backend
         self.relay = Relay(
             self.sock,
             backend,
@@ -319,17 +338,22 @@ class Connection:
             backend_buffer=max(self.server.proxy_buffer, RELAY_READ),
             idle_timeout=self.server.proxy_timeout,
             log=self.log,
+            on_done=self._relay_done,
         )
-        try:
-            self.outcome = self.relay.run(client_reply, pending)
-        finally:
-            backend.close()
-            self.bytes_in += self.relay.counters.from_client
-            self.bytes_out += self.relay.counters.to_client
-        if self.outcome == "shutdown-timeout":
+        self.relay.start(client_reply, pending)
+
+    def _relay_done(self, outcome: str) -> None:
+        """The relay is over (called from the hub, or from whoever aborted it)."""
+        assert self.relay is not None and self.backend is not None
+        self.outcome = outcome
+        self.backend.close()
+        self.bytes_in += self.relay.counters.from_client
+        self.bytes_out += self.relay.counters.to_client
+        if outcome == "shutdown-timeout":
             self.log.log("info", "shutdown timeout")
-        elif self.outcome == "proxied":
+        elif outcome == "proxied":
             self.log.log("info", "proxied session done", with_action=False)
+        self._end()
 
     def shutdown_timeout(self) -> None:
         """worker_shutdown_timeout expired: proxied sessions end now; sessions

@@ -16,7 +16,6 @@ import signal
 import gevent
 import gevent.socket
 from gevent.event import Event
-from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from mailgate import tls
@@ -30,6 +29,7 @@ from mailgate.master.privileges import drop_privileges
 from mailgate.master.process_title import set_title
 from mailgate.worker.authenticators import Authenticators
 from mailgate.worker.connection import Connection
+from mailgate.worker.slots import SessionServer, SessionSlots
 
 # How often a worker checks that its master is still there.
 PARENT_CHECK_INTERVAL = 1.0
@@ -64,7 +64,7 @@ class Worker:
         self.server_logs = tuple(
             ErrorLog.build(server.error_log or config.main.error_log, registry) for server in config.servers
         )
-        self.pool = Pool(config.main.worker_connections)
+        self.slots = SessionSlots(config.main.worker_connections)
         self.connections: set[Connection] = set()
         self.numbers = itertools.count(1)
         self.servers: list[StreamServer] = []
@@ -111,26 +111,32 @@ class Worker:
     def _serve(self, binding: Binding) -> None:
         raw = self.raw_sockets[binding.listen.key]
         listener = gevent.socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-        server = StreamServer(listener, self._handler(binding), spawn=self.pool)
+        server = SessionServer(listener, self._handler(binding), spawn=self.slots)
         server.start()
         self.servers.append(server)
 
     def _handler(self, binding: Binding):  # noqa: ANN202 - a StreamServer handler
         def handle(sock, peer) -> None:  # noqa: ANN001 - gevent's signature
-            route = binding.default
-            if binding.by_address:
-                route = binding.route(sock.getsockname()[0])
-            server = self.config.servers[route.server]
-            conn = Connection(self, sock, peer, route, server, self.server_logs[route.server], next(self.numbers))
-            self.connections.add(conn)
             try:
-                conn.run()
-            finally:
-                self.connections.discard(conn)
+                route = binding.default
+                if binding.by_address:
+                    route = binding.route(sock.getsockname()[0])
+                server = self.config.servers[route.server]
+                conn = Connection(self, sock, peer, route, server, self.server_logs[route.server], next(self.numbers))
+            except BaseException:
+                sock.close()
+                self.slots.release()
+                raise
+            self.connections.add(conn)
+            conn.run()  # the session calls session_ended(), now or when its relay ends
 
         return handle
 
     # --- what sessions call ---------------------------------------------------
+
+    def session_ended(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.slots.release()
 
     def authenticate(self, server, request):  # noqa: ANN001, ANN201
         assert self.auth is not None
@@ -173,10 +179,10 @@ class Worker:
 
     def _drain(self) -> None:
         timeout = self.config.main.worker_shutdown_timeout
-        if timeout is not None and not self.pool.join(timeout=timeout):
+        if timeout is not None and not self.slots.join(timeout=timeout):
             for conn in list(self.connections):
                 conn.shutdown_timeout()
-        self.pool.join()
+        self.slots.join()
         self.log.log("notice", "exiting")
         self.stopped.set()
 

@@ -1,0 +1,118 @@
+"""The relay through the real mailgate: bulk both ways at once with the
+client reading late (back-pressure on every hop), in the clear and over TLS;
+a client that vanishes mid-transfer; and worker_connections counting logged-in
+sessions, which run on the worker's event loop after their greenlet is gone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.fakes.auth_server import FakeAuthServer, ok
+from tests.fakes.echo_backend import EchoBackend
+from tests.integration.harness import recv_until, wait_for
+from tests.integration.test_tls import ca, certs, client_context, tls_mailgate  # noqa: F401 - fixtures
+
+SIZE = 12 * 1024 * 1024
+
+
+@pytest.fixture
+def echo():
+    with EchoBackend() as server:
+        yield server
+
+
+@pytest.fixture
+def echo_auth(echo):
+    with FakeAuthServer(ok("127.0.0.1", echo.port)) as server:
+        yield server
+
+
+def login(sock: socket.socket) -> None:
+    assert recv_until(sock, b"\r\n").startswith(b"+OK")
+    sock.sendall(b"USER alice\r\nPASS wonderland\r\n")
+    assert recv_until(sock, b"+OK logged in\r\n").endswith(b"+OK logged in\r\n")
+
+
+def echo_through(sock: socket.socket, payload: bytes, read_delay: float) -> bytes:
+    """Send ``payload`` from a thread while this thread reads the echo,
+    starting only after ``read_delay`` so every buffer on the way fills."""
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(payload)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    time.sleep(read_delay)
+    received = bytearray()
+    while len(received) < len(payload):
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        received += chunk
+    sender.join(timeout=30)
+    assert not errors
+    return bytes(received)
+
+
+def test_bulk_both_ways_with_a_late_reader(make_mailgate, echo_auth):
+    mg = make_mailgate(echo_auth.port)
+    payload = os.urandom(SIZE)
+    with socket.create_connection(("127.0.0.1", mg.port), timeout=30) as sock:
+        login(sock)
+        assert echo_through(sock, payload, read_delay=1.0) == payload
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""  # the backend saw the EOF, closed, and the session ended
+    mg.wait_log(rf"session summary: .* bytes_in={SIZE + 29} bytes_out={SIZE + 36} .* outcome=proxied")
+
+
+def test_bulk_both_ways_over_tls(tls_mailgate, echo_auth, ca):  # noqa: F811 - fixtures
+    mg = tls_mailgate(echo_auth, "pop3")
+    payload = os.urandom(SIZE)
+    raw = socket.create_connection(("127.0.0.1", mg.port), timeout=30)
+    with client_context(ca).wrap_socket(raw, server_hostname="mail.test") as sock:
+        login(sock)
+        assert echo_through(sock, payload, read_delay=1.0) == payload
+        # Small exchanges after the bulk: nothing is left in OpenSSL's buffers.
+        for n in range(3):
+            sock.sendall(b"NOOP %d\r\n" % n)
+            assert recv_until(sock, b"\r\n") == b"NOOP %d\r\n" % n
+    mg.wait_log(r"session summary: .* outcome=proxied")
+
+
+def test_a_client_gone_mid_transfer_ends_the_session(make_mailgate, echo_auth, echo):
+    mg = make_mailgate(echo_auth.port)
+    sock = socket.create_connection(("127.0.0.1", mg.port), timeout=30)
+    login(sock)
+    sock.sendall(os.urandom(SIZE))  # echoed at a client that never reads
+    # Closing with unread data resets the connection: mailgate's send fails.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    mg.wait_log(r"session summary: .* outcome=relay-error")
+    wait_for(lambda: echo.closed == 1, what="the backend connection to close")
+
+
+def test_worker_connections_counts_logged_in_sessions(make_mailgate, echo_auth):
+    mg = make_mailgate(echo_auth.port, start=False)
+    mg.write_config(mg.conf.read_text().replace("worker_connections 1024;", "worker_connections 2;"))
+    mg.start(ports=(mg.port,))
+    first = socket.create_connection(("127.0.0.1", mg.port), timeout=10)
+    second = socket.create_connection(("127.0.0.1", mg.port), timeout=10)
+    login(first)
+    login(second)
+    with socket.create_connection(("127.0.0.1", mg.port), timeout=10) as third:
+        third.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            third.recv(1)  # in the listen queue: both slots are taken by relaying sessions
+        first.close()
+        third.settimeout(10)
+        assert recv_until(third, b"\r\n") == EchoBackend.greeting.replace(b"echo", b"POP3")
+    second.close()
