@@ -23,6 +23,8 @@ block: both sockets are non-blocking (timeout 0) for the relay's lifetime.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import ssl
 import time
@@ -44,6 +46,11 @@ WRITE = 2
 # Reads per readiness callback before other sessions get their turn (libev
 # watchers are level-triggered: a source with more to give is called again).
 BURST = 16
+
+# splice(2) between plain sockets (Linux): up to this much per call, through a
+# pipe of this size (the kernel caps it at /proc/sys/fs/pipe-max-size).
+PIPE_SIZE = 1 << 20
+SPLICE = hasattr(os, "splice")
 
 # Nothing to read right now (plain socket: EAGAIN; TLS: no whole record yet).
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
@@ -82,8 +89,9 @@ class Relay:
         self.outcome = DONE
         self.finished = False
         self.timer = None
-        self.upstream = _Direction(self, client, backend, client_buffer, from_client=True)
-        self.downstream = _Direction(self, backend, client, backend_buffer, from_client=False)
+        kind = _direction_class(client, backend)
+        self.upstream = kind(self, client, backend, client_buffer, from_client=True)
+        self.downstream = kind(self, backend, client, backend_buffer, from_client=False)
 
     def start(self, to_client: bytes = b"", to_backend: bytes = b"") -> None:
         """Arm the relay and return at once. ``to_client``/``to_backend`` go
@@ -105,8 +113,8 @@ class Relay:
             return
         self.finished = True
         self.outcome = outcome
-        self.upstream.stop()
-        self.downstream.stop()
+        self.upstream.close()
+        self.downstream.close()
         if self.timer is not None:
             self.timer.stop()
         self.on_done(outcome)
@@ -118,7 +126,7 @@ class Relay:
 
     def end_of_stream(self, direction: _Direction) -> None:
         """Pass the EOF on; the backend's EOF also ends the session."""
-        direction.stop()
+        direction.close()
         if not direction.from_client:
             # The session ends: the close that follows tells the client. A TLS
             # socket must not be shut down here: SSLSocket.shutdown() drops
@@ -218,6 +226,10 @@ class _Direction:
             self.armed.stop()
             self.armed = None
 
+    def close(self) -> None:
+        """This direction is over: nothing stays armed or open."""
+        self.stop()
+
     # --- watcher callbacks (run in the hub) --------------------------------------
 
     def on_readable(self) -> None:
@@ -308,3 +320,111 @@ class _Direction:
         made = self.relay.loop.io(sock.fileno(), events)
         self.extra.append(made)
         return made
+
+
+class _SpliceDirection(_Direction):
+    """A direction between two plain sockets. Small reads are copied as
+    above; once a read fills the whole buffer (a message is streaming), the
+    bytes go socket -> pipe -> socket inside the kernel with splice(2) and are
+    never copied into Python. The pipe is given back as soon as the source
+    has nothing more to read, so idle sessions hold no extra descriptors."""
+
+    __slots__ = ("pipe_r", "pipe_w", "in_pipe")
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - as _Direction
+        super().__init__(*args, **kwargs)
+        self.pipe_r = self.pipe_w = -1
+        self.in_pipe = 0  # bytes spliced into the pipe, not yet out of it
+
+    def _pump(self) -> None:
+        for _ in range(BURST):
+            if self.pipe_w < 0:
+                if not self._copy_once():
+                    return
+                continue
+            try:
+                moved = os.splice(self.src.fileno(), self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                # The pipe is always drained before a read, so the source is
+                # empty: the burst is over.
+                self._close_pipe()
+                self._arm(self.readable, self.on_readable)
+                return
+            except OSError as err:
+                self.relay.read_failed(self, err)
+                return
+            if not moved:
+                self.relay.end_of_stream(self)
+                return
+            self.relay.activity()
+            self.in_pipe = moved
+            if not self._flush():
+                return
+        self._arm(self.readable, self.on_readable)
+
+    def _copy_once(self) -> bool:
+        """One read through Python; True to go on pumping."""
+        try:
+            data = self.src.recv(self.size)
+        except BlockingIOError:
+            self._arm(self.readable, self.on_readable)
+            return False
+        except OSError as err:
+            self.relay.read_failed(self, err)
+            return False
+        if not data:
+            self.relay.end_of_stream(self)
+            return False
+        self.relay.activity()
+        self.pending = memoryview(data)
+        if not self._flush():
+            return False
+        if len(data) == self.size:
+            self._open_pipe()
+        return True
+
+    def _flush(self) -> bool:
+        if self.pending is not None and not super()._flush():
+            return False
+        while self.in_pipe:
+            try:
+                sent = os.splice(self.pipe_r, self.dst.fileno(), self.in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                self._arm(self.writable, self.on_writable)
+                return False
+            except OSError as err:
+                self.relay.send_failed(self, err)
+                return False
+            self._count(sent)
+            self.in_pipe -= sent
+        return not self.relay.finished
+
+    def _open_pipe(self) -> None:
+        try:
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # out of descriptors: copying works as well, only slower
+        try:
+            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe only means more calls
+
+    def _close_pipe(self) -> None:
+        if self.pipe_w >= 0:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
+            self.in_pipe = 0
+
+    def close(self) -> None:
+        super().close()
+        self._close_pipe()
+
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+def _direction_class(client: socket.socket, backend: socket.socket) -> type[_Direction]:
+    """splice(2) needs the kernel to see the bytes: not under TLS."""
+    plain = not isinstance(client, ssl.SSLSocket) and not isinstance(backend, ssl.SSLSocket)
+    return _SpliceDirection if SPLICE and plain else _Direction

@@ -38,6 +38,12 @@ def login(sock: socket.socket) -> None:
     assert recv_until(sock, b"+OK logged in\r\n").endswith(b"+OK logged in\r\n")
 
 
+def pipes(pid: int) -> int:
+    """Pipes the process holds open (the relay's splice pipes among them)."""
+    links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    return sum(link.startswith("pipe:") for link in links)
+
+
 def echo_through(sock: socket.socket, payload: bytes, read_delay: float) -> bytes:
     """Send ``payload`` from a thread while this thread reads the echo,
     starting only after ``read_delay`` so every buffer on the way fills."""
@@ -65,10 +71,32 @@ def echo_through(sock: socket.socket, payload: bytes, read_delay: float) -> byte
 
 def test_bulk_both_ways_with_a_late_reader(make_mailgate, echo_auth):
     mg = make_mailgate(echo_auth.port)
+    [worker] = mg.workers()
+    idle_pipes = pipes(worker)
+    seen: list[int] = []
+    transferring = threading.Event()
+
+    def watch() -> None:
+        while transferring.is_set():
+            seen.append(pipes(worker))
+            time.sleep(0.005)
+
     payload = os.urandom(SIZE)
     with socket.create_connection(("127.0.0.1", mg.port), timeout=30) as sock:
         login(sock)
-        assert echo_through(sock, payload, read_delay=1.0) == payload
+        transferring.set()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            received = echo_through(sock, payload, read_delay=1.0)
+        finally:
+            transferring.clear()
+            watcher.join(timeout=10)
+        assert received == payload
+        # Plain TCP both sides: the bulk went through splice pipes, which are
+        # given back once the directions go idle.
+        assert max(seen) > idle_pipes
+        wait_for(lambda: pipes(worker) == idle_pipes, what="the splice pipes to be closed")
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""  # the backend saw the EOF, closed, and the session ended
     mg.wait_log(rf"session summary: .* bytes_in={SIZE + 29} bytes_out={SIZE + 36} .* outcome=proxied")
