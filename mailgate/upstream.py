@@ -8,7 +8,6 @@ protocol's sans-IO ``UpstreamLogin``; this module only moves its bytes.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 from mailgate.protocol.base import LoginFailed, LoginSucceeded, Send
 from mailgate.protocol.smtp_upstream import NoPasswordAvailable
+from mailgate.sockets import send_all
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _connect(address: tuple[str, int], deadline: _Deadline, log) -> socket.socke
     # connect directly: create_connection() would resolve it through
     # getaddrinfo in gevent's thread pool, about a tenth of a login's CPU.
     upstream = log.ctx.upstream
-    family = socket.AF_INET6 if ipaddress.ip_address(address[0]).version == 6 else socket.AF_INET
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(deadline.remaining())
@@ -133,7 +133,7 @@ def _send(sock: socket.socket, data: bytes, deadline: _Deadline, log) -> None:
         log.log("debug", f"{len(data)} bytes to upstream")
     try:
         sock.settimeout(deadline.remaining())
-        sock.sendall(data)
+        send_all(sock, data)
     except TimeoutError:
         log.log("info", "upstream timed out (110: Connection timed out)")
         raise UpstreamError() from None

@@ -20,6 +20,7 @@ from mailgate.protocol.base import Authenticate, Close, Credentials, Log, Send, 
 from mailgate.protocol.proxy_protocol import ProxyHeader
 from mailgate.realip import real_client
 from mailgate.relay import Relay
+from mailgate.sockets import send_all
 from mailgate.upstream import UpstreamError, connect_and_login
 from mailgate.worker.edge import EdgeClosed, handshake, proxy_header_out, read_proxy_header, tlvs_of
 from mailgate.worker.protocols import CERTIFICATE_REPLIES, client_buffer, new_session
@@ -232,7 +233,7 @@ class Connection:
     def _send_client(self, data: bytes) -> None:
         self.sock.settimeout(self.server.timeout)
         try:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
         except TimeoutError:
             self.log.log("info", "client timed out (110: Connection timed out)")
             raise ClientGone() from None

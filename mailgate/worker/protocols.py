@@ -47,10 +47,24 @@ PROTOCOLS: dict[str, tuple[type, type, Callable[[Server], tuple[Any, Any, int]],
 
 def new_session(server: Server, tls_active: bool = False):  # noqa: ANN201 - each protocol's Session type
     """The protocol's session; ``tls_active`` for implicit TLS (``listen ... ssl``)."""
-    session, settings, own_directives, own_fields = PROTOCOLS[server.protocol]
-    auth_methods, capabilities, buffer = own_directives(server)
-    return session(settings(auth_methods=auth_methods, capabilities=capabilities, client_buffer=buffer,
-                            **_shared(server, tls_active), **own_fields(server)))
+    return PROTOCOLS[server.protocol][0](_settings(server, tls_active))
+
+
+# Settings are immutable and depend only on the server block: made once per
+# server (and TLS state) of the worker's configuration, not once per session.
+_SETTINGS: dict[tuple[int, bool], tuple[Server, object]] = {}
+
+
+def _settings(server: Server, tls_active: bool):  # noqa: ANN202 - each protocol's Settings type
+    key = (id(server), tls_active)
+    made = _SETTINGS.get(key)
+    if made is None or made[0] is not server:
+        _, settings, own_directives, own_fields = PROTOCOLS[server.protocol]
+        auth_methods, capabilities, buffer = own_directives(server)
+        made = (server, settings(auth_methods=auth_methods, capabilities=capabilities, client_buffer=buffer,
+                                 **_shared(server, tls_active), **own_fields(server)))
+        _SETTINGS[key] = made
+    return made[1]
 
 
 def client_buffer(server: Server) -> int:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ("gevent", "requests", "ssl", "urllib3")
 # mailgate modules that do I/O; configuration and protocol code must not need them.
 MAILGATE_RUNTIME = ("mailgate.worker", "mailgate.master", "mailgate.auth_http", "mailgate.tls_context",
-                    "mailgate.upstream", "mailgate.relay", "mailgate.tls")
+                    "mailgate.upstream", "mailgate.relay", "mailgate.tls", "mailgate.sockets")
 NOT_IN_PROTOCOL = ("socket", "ssl", "selectors", "asyncio", "gevent", "requests")
 
 PROBE = """
