@@ -3,9 +3,9 @@
 The pure part builds nginx's request headers (``build_headers``,
 ``build_request``) and turns a response head into an ``AuthResult``
 (``parse_response``), exactly as nginx does. ``AuthHttpClient`` does the I/O:
-one per worker process, keeping connections to auth servers alive through a
-``requests.Session``; the plumbing that makes requests speak nginx's dialect
-is in ``auth_transport``.
+one per worker process, keeping connections to auth servers alive through
+requests' transport adapter; the plumbing that makes requests speak nginx's
+dialect is in ``auth_transport``.
 
 Passwords (the client's, and Auth-Pass from the server) never reach a log
 message built here.
@@ -19,7 +19,6 @@ import ipaddress
 import os
 import time
 from collections.abc import Iterable, Iterator
-from http.cookiejar import DefaultCookiePolicy
 
 import requests
 import urllib3.exceptions
@@ -35,6 +34,7 @@ from mailgate.auth_transport import (
     Exchange,
     HeadReadError,
     HeadResponse,
+    ResponseHead,
     scan_response_head,
     target_url,
 )
@@ -146,7 +146,11 @@ def parse_response(header_block: bytes, auth_addr: str, protocol: str, method: s
     and only the first 1024 bytes count. ``auth_addr`` names the server in log
     messages; ``method`` is the request's Auth-Method.
     """
-    head = scan_response_head(header_block)
+    return decide_response(scan_response_head(header_block), auth_addr, protocol, method)
+
+
+def decide_response(head: ResponseHead, auth_addr: str, protocol: str, method: str) -> AuthResult:
+    """``parse_response`` from a head already scanned (``scan_response_head``)."""
     if head.state == INVALID_RESPONSE:
         return _error(f"auth http server {auth_addr} sent invalid response")
     if head.state == INVALID_HEADER:
@@ -292,16 +296,17 @@ class AuthHttpClient:
     """
 
     def __init__(self, pool_size: int = 32) -> None:
+        # Requests go straight to the transport adapter, without a
+        # requests.Session: nothing a session adds per call (settings and
+        # environment merging, cookies, hooks, redirects) applies to nginx's
+        # exchange, and it was about 40% of the client's CPU per exchange
+        # (bench/auth_probe.py). So there is no proxy or .netrc from the
+        # environment, no cookie, no redirect (nginx follows none either).
         self._adapter = AuthHttpAdapter(pool_size)
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxies or .netrc from the environment
-        self._session.headers.clear()
-        self._session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        self._session.mount("http://", self._adapter)
-        self._session.mount("http+unix://", self._adapter)
+        self._prepared: dict[tuple[str, str, int], requests.PreparedRequest] = {}
 
     def close(self) -> None:
-        self._session.close()
+        self._adapter.close()
 
     def __enter__(self) -> AuthHttpClient:
         return self
@@ -326,30 +331,45 @@ class AuthHttpClient:
                 if first and _stale(exc, exchange):
                     continue  # the server closed a kept-alive connection: once more, anew
                 return _failure(exc, url.address, exchange)
-            return parse_response(head, url.address, request.protocol, request.credentials.method)
+            return decide_response(head, url.address, request.protocol, request.credentials.method)
         raise AssertionError("unreachable")
 
-    def _exchange(self, url: AuthHttpUrl, exchange: Exchange) -> bytes:
-        """Send the request, return the response head; the connection goes
-        back to the pool only when nothing of this response is left on it."""
+    def _request(self, url: AuthHttpUrl) -> requests.PreparedRequest:
+        """The request handed to the adapter for this auth server, prepared
+        once and shared by every exchange with it: the adapter only reads it
+        (method, URL for the pool, no headers, no body), and what goes on the
+        wire comes from the exchange (auth_transport.NginxHTTPConnection)."""
+        key = (url.family, url.host, url.port)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = requests.Request("GET", target_url(*key)).prepare()
+            self._prepared[key] = prepared
+        return prepared
+
+    def _exchange(self, url: AuthHttpUrl, exchange: Exchange) -> ResponseHead:
+        """Send the request, return the response head as nginx reads it; the
+        connection goes back to the pool only when nothing of this response is
+        left on it.
+
+        Every wait is bounded by the exchange's deadline: the connect and the
+        send by the socket timeouts given here, each read of the head by
+        ``HeadResponse`` (which re-arms the socket with what is left), so no
+        gevent.Timeout is needed around the call."""
         remaining = exchange.remaining()
         if remaining <= 0:
             raise TimeoutError("auth http exchange deadline passed")
         token = CURRENT.set(exchange)
         try:
             try:
-                response = self._session.get(
-                    target_url(url.family, url.host, url.port),
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(remaining, remaining),
-                )
+                # What requests.Session.get(stream=True, allow_redirects=False)
+                # would end in, without the session's work around it.
+                response = self._adapter.send(self._request(url), stream=True, timeout=(remaining, remaining))
             except HeadReadError as err:
-                return err.head
+                return err.parsed
             keep = False
             try:
                 raw: HeadResponse = response.raw._original_response
-                head = raw.mailgate_head
+                head = raw.mailgate_parsed
                 if raw.mailgate_reusable:
                     try:
                         keep = raw.isclosed() or raw.drain(exchange)

@@ -1,10 +1,10 @@
 """The HTTP side of the auth_http client: requests/urllib3 plumbing.
 
-mailgate keeps connections to the auth server alive through one
-``requests.Session`` per worker, but what goes over them is nginx's auth_http
-exchange (SPEC 8). ``scan_response_head`` is nginx's reading of a response
-head (also the first step of ``auth_http.parse_response``), and three pieces
-of the stack are replaced:
+mailgate keeps connections to the auth server alive through one requests
+transport adapter (``AuthHttpAdapter``) per worker, but what goes over them is
+nginx's auth_http exchange (SPEC 8). ``scan_response_head`` is nginx's reading
+of a response head (also the first step of ``auth_http.parse_response``), and
+three pieces of the stack are replaced:
 
 * ``NginxHTTPConnection.request`` writes the request line with the URI exactly
   as configured and then exactly nginx's header lines, in order, duplicates
@@ -22,6 +22,14 @@ of the stack are replaced:
   (TCP or UNIX socket), connecting to the address resolved at configuration
   load, never resolving again.
 
+``AuthHttpClient`` hands each request to the adapter directly, not through a
+``requests.Session``: an exchange has no use for what a session adds per call
+(merging settings and the environment, cookies, hooks, redirects), and that
+was about 40% of the client's CPU per exchange (bench/auth_probe.py). For
+the same reason the adapter skips the cookie extraction of its responses,
+and its connections check a kept socket with one non-blocking peek (see
+``NginxHTTPConnection.is_connected``).
+
 What the current exchange needs (header lines, URI, deadline) travels in a
 context variable, which is per thread and per greenlet.
 """
@@ -38,7 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -74,14 +84,16 @@ CURRENT: ContextVar[Exchange | None] = ContextVar("mailgate_auth_exchange", defa
 
 class HeadReadError(Exception):
     """The response head was read but cannot be handed to http.client (no
-    status line, invalid, incomplete, too long). ``head`` holds the bytes read.
+    status line, invalid, incomplete, too long). ``head`` holds the bytes read,
+    ``parsed`` what ``scan_response_head`` made of them.
 
     Deliberately not an OSError or HTTPException: urllib3 and requests let it
     through unchanged, and urllib3 closes and discards the connection."""
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, parsed: ResponseHead) -> None:
         super().__init__(f"auth http response head of {len(head)} bytes")
         self.head = head
+        self.parsed = parsed
 
 
 def target_url(family: str, host: str, port: int) -> str:
@@ -189,12 +201,16 @@ def _partial_line_invalid(tail: bytes) -> bool:
 
 
 class HeadResponse(http.client.HTTPResponse):
-    """An http.client response whose head is read by nginx's rules."""
+    """An http.client response whose head is read by nginx's rules.
+
+    ``mailgate_head`` is the head as read, ``mailgate_parsed`` what
+    ``scan_response_head`` made of it (the decision is taken from that)."""
 
     def __init__(self, sock: Any, debuglevel: int = 0, method: str | None = None, url: str | None = None) -> None:
         super().__init__(sock, debuglevel, method, url)
         self._mg_sock = sock
         self.mailgate_head = b""
+        self.mailgate_parsed = ResponseHead(AGAIN)
         self.mailgate_reusable = False
 
     def begin(self) -> None:
@@ -203,9 +219,10 @@ class HeadResponse(http.client.HTTPResponse):
         exchange = CURRENT.get()
         raw, head = self._read_head(exchange)
         self.mailgate_head = raw
+        self.mailgate_parsed = head
         match = STATUS_LINE.match(raw) if head.state == DONE else None
         if match is None:
-            raise HeadReadError(raw)
+            raise HeadReadError(raw, head)
         self.version = 10 if match.group(1) == b"0" else 11
         self.status = self.code = int(match.group(2))
         self.reason = (match.group(3) or b"").decode("latin-1").strip()
@@ -227,7 +244,9 @@ class HeadResponse(http.client.HTTPResponse):
         self.will_close = False
 
     def _read_head(self, exchange: Exchange | None) -> tuple[bytes, ResponseHead]:
-        """Read until nginx's scanner decides, taking no byte past the head."""
+        """Read until nginx's scanner decides, taking no byte past the head.
+        The ResponseHead returned is ``scan_response_head`` of the bytes
+        returned."""
         raw = b""
         while True:
             self._arm(exchange, None)
@@ -311,6 +330,64 @@ class NginxHTTPConnection(HTTPConnection):
         self._mg_uses = 0
         self._mg_lines: list[tuple[str, bytes]] | None = None
 
+    def _new_conn(self) -> socket.socket:
+        # The host is the IP literal resolved when the configuration was
+        # loaded: connect to it directly. urllib3's create_connection() would
+        # call getaddrinfo() again, under gevent a round trip through the hub's
+        # thread pool, which no socket timeout bounds.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        return self._mg_connect(family, (self.host, self.port), self.host, self.socket_options)
+
+    def _mg_connect(self, family: int, address: Any, name: str, options: Any) -> socket.socket:
+        """A connected stream socket, errors raised as urllib3's own."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for option in options or ():
+                sock.setsockopt(*option)
+            if isinstance(self.timeout, (int, float)):
+                sock.settimeout(self.timeout)
+            sock.connect(address)
+            exchange = CURRENT.get()
+            if exchange is not None:
+                # The send that follows gets what the connect left of the
+                # exchange's time (each read of the head re-arms likewise).
+                left = exchange.remaining()
+                if left <= 0:
+                    raise TimeoutError("auth http exchange deadline passed")
+                sock.settimeout(left)
+        except TimeoutError as err:
+            sock.close()
+            raise ConnectTimeoutError(self, f"Connection to {name} timed out") from err
+        except OSError as err:
+            sock.close()
+            raise NewConnectionError(self, f"Failed to establish a new connection: {err}") from err
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a kept connection is still usable (urllib3 asks before each
+        request that reuses it): False once the server has closed it or sent
+        anything unasked. urllib3 asks poll() with a zero timeout, which under
+        gevent is a trip through the hub; a non-blocking MSG_PEEK of one byte
+        answers the same question with one system call."""
+        sock = self.sock
+        if sock is None:
+            return False
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # b"" (closed) or data: not reusable
+        except BlockingIOError:
+            return True  # nothing to read: still open
+        except OSError:
+            pass  # reset: not reusable
+        finally:
+            sock.settimeout(timeout)
+        return False
+
     def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
         exchange = CURRENT.get()
         if exchange is None:
@@ -341,21 +418,7 @@ class UnixHTTPConnection(NginxHTTPConnection):
         self.socket_path = socket_path
 
     def _new_conn(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if isinstance(self.timeout, (int, float)):
-            sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except TimeoutError as err:
-            sock.close()
-            raise ConnectTimeoutError(self, f"Connection to {self.socket_path} timed out") from err
-        except OSError as err:
-            sock.close()
-            raise NewConnectionError(self, f"Failed to establish a new connection: {err}") from err
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return self._mg_connect(socket.AF_UNIX, self.socket_path, self.socket_path, ())
 
 
 class NginxPool(HTTPConnectionPool):
@@ -367,11 +430,12 @@ class UnixPool(HTTPConnectionPool):
 
 
 class AuthHttpAdapter(HTTPAdapter):
-    """One keep-alive pool per auth server, keyed by its resolved address."""
+    """One keep-alive pool per auth server, keyed by its resolved address
+    (the URL ``target_url`` makes of it)."""
 
     def __init__(self, pool_size: int) -> None:
         self._pool_size = max(1, pool_size)
-        self._pools: dict[tuple[str, str, int], HTTPConnectionPool] = {}
+        self._pools: dict[str, HTTPConnectionPool] = {}
         self._pools_lock = threading.Lock()
         super().__init__(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
 
@@ -384,20 +448,39 @@ class AuthHttpAdapter(HTTPAdapter):
         return self._pool_for(url)
 
     def _pool_for(self, url: str) -> HTTPConnectionPool:
+        pool = self._pools.get(url)
+        if pool is not None:
+            return pool
         parts = urlsplit(url)
-        if parts.scheme == "http+unix":
-            key = ("unix", unquote(parts.netloc), 0)
-        else:
-            key = ("inet", parts.hostname or "", parts.port or 80)
         with self._pools_lock:
-            pool = self._pools.get(key)
+            pool = self._pools.get(url)
             if pool is None:
-                if key[0] == "unix":
-                    pool = UnixPool("localhost", None, maxsize=self._pool_size, socket_path=key[1])
+                if parts.scheme == "http+unix":
+                    pool = UnixPool("localhost", None, maxsize=self._pool_size, socket_path=unquote(parts.netloc))
                 else:
-                    pool = NginxPool(key[1], key[2], maxsize=self._pool_size)
-                self._pools[key] = pool
+                    pool = NginxPool(parts.hostname or "", parts.port or 80, maxsize=self._pool_size)
+                self._pools[url] = pool
         return pool
+
+    def request_url(self, request: PreparedRequest, proxies: Any) -> str:
+        # The path of a target_url(), which is always "/" (and no proxy is
+        # ever used): spares requests three URL parses per request. What goes
+        # on the request line is the configured URI (NginxHTTPConnection).
+        return "/"
+
+    def build_response(self, req: PreparedRequest, resp: Any) -> Response:
+        """requests' Response around urllib3's, as HTTPAdapter makes it but
+        without the cookie jar work (mailgate keeps no cookies) or a text
+        encoding: the client reads nothing but ``raw``."""
+        response = Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.reason = resp.reason
+        response.raw = resp
+        response.url = req.url or ""  # always set: a target_url()
+        response.request = req
+        response.connection = self
+        return response
 
     def close(self) -> None:
         super().close()

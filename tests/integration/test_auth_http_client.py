@@ -391,3 +391,85 @@ def test_gevent_timeout_propagates_and_pool_stays_usable() -> None:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:4] == ["timeout 0.3", "ok", "['ok']", "True"], done.stdout + done.stderr
+
+
+def test_every_dead_kept_connection_is_replaced_before_use(server: FakeAuthServer) -> None:
+    # Several kept connections, then the auth server restarts: each one is
+    # found closed when taken from the pool (not sent on, not an error).
+    server.rules = ok(delay=0.2)
+    with AuthHttpClient(pool_size=8) as shared, ThreadPoolExecutor(4) as pool:
+        assert {r.outcome for r in pool.map(lambda _: ask(shared, server), range(4))} == {auth.OK}
+        assert server.connections == 4
+        server.stop()
+        with FakeAuthServer(ok(), port=server.port) as again:
+            for _ in range(4):
+                assert ask(shared, again).outcome == auth.OK
+            assert again.connections == 1  # the four dead ones were dropped, one new one kept
+            assert [r.index for r in again.requests] == [1, 2, 3, 4]
+
+
+# --- the worker's bound: auth_http_timeout, with no gevent.Timeout around the call ---------
+
+WORKER_TIMEOUT_SCRIPT = textwrap.dedent("""\
+    from gevent import monkey
+    monkey.patch_all()
+    import socket, threading, time
+    from types import SimpleNamespace
+    import gevent
+    from mailgate.auth import AuthRequest
+    from mailgate.config.model import AuthHttpUrl
+    from mailgate.protocol.base import Credentials
+    from mailgate.worker.authenticators import Authenticators
+    from tests.fakes.auth_server import FakeAuthServer, ok, raw
+
+    request = AuthRequest(Credentials("plain", "a", "b"), "pop3", 1, "127.0.0.1")
+
+    def ask(url, timeout=0.5):
+        server = SimpleNamespace(auth_http=url, auth_http_header=(), auth_http_timeout=timeout, auth_file=None)
+        auths = Authenticators(SimpleNamespace(main=SimpleNamespace(worker_connections=4), servers=[server]))
+        start = time.monotonic()
+        result = auths.authenticate(server, request)
+        return result, time.monotonic() - start, url.address
+
+    def report(name, result, elapsed, address):
+        print(name, result.outcome, result.log_level, repr(result.log_message.replace(address, "ADDR")),
+              0.45 < elapsed < 0.8)
+
+    # An answer that comes too late; an answer dripping a byte at a time.
+    with FakeAuthServer(ok(delay=3)) as server:
+        report("slow", *ask(server.model_url()))
+        server.rules = raw(b"HTTP/1.0 200 OK\\r\\nX-Slow: " + b"a" * 500, linger=3)
+        report("unfinished", *ask(server.model_url()))
+    # A server whose accept queue takes the connection and that never reads.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        url = AuthHttpUrl("x", "inet", "127.0.0.1", port, "/", "127.0.0.1")
+        report("hung", *ask(url))
+    # The same over a UNIX socket.
+    with FakeAuthServer(ok(delay=3), unix=True) as server:
+        report("unix", *ask(server.model_url()))
+    # Other greenlets keep running meanwhile.
+    with FakeAuthServer(ok(delay=3)) as server:
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(8)])
+        ask(server.model_url())
+        ticker.join()
+        print("others ran", len(ticks) == 8)
+""")
+
+
+def test_worker_auth_is_bounded_by_auth_http_timeout() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", WORKER_TIMEOUT_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    timed_out = "error 'auth http server ADDR timed out (110: Connection timed out)' True"
+    assert done.stdout.splitlines() == [
+        f"slow {auth.ERROR} {timed_out}",
+        f"unfinished {auth.ERROR} {timed_out}",
+        f"hung {auth.ERROR} {timed_out}",
+        f"unix {auth.ERROR} {timed_out}",
+        "others ran True",
+    ], done.stdout + done.stderr
