@@ -389,6 +389,10 @@ def targets(results: dict) -> list[dict]:
         if value is not None:
             out.append({"target": f"{case}: logins per core-second at least 0.5x nginx", "case": case,
                         "value": value, "met": value >= 0.5})
+    value = ratio("pop3-slow-auth", "sessions_per_s")
+    if value is not None:
+        out.append({"target": "pop3-slow-auth: logins/s with the 20 ms auth server at least 0.5x nginx",
+                    "case": "pop3-slow-auth", "value": value, "met": value >= 0.5})
     slow = cases_.get("pop3-slow-auth", {}).get("summary", {}).get("mailgate", {})
     fast = cases_.get("pop3-login", {}).get("summary", {}).get("mailgate", {})
     if slow.get("sessions_per_s") and fast.get("sessions_per_s"):
