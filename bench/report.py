@@ -94,9 +94,9 @@ def compact(results: dict) -> list[str]:
             row(case, "sessions per CPU-second", "sessions_per_cpu_s", target=">= 0.5x", met=met(case))
             row(case, "p99 latency, ms", "p99_ms", 1)
     if "pop3-slow-auth" in cases:
-        t = _target_for(results, "pop3-slow-auth")
+        t = next((t for t in results.get("targets", []) if "auth_in_flight" in t), None)
         overlap = "" if t is None else f"overlap {t['value']:.2f} (auth calls in flight: {t['auth_in_flight']})"
-        row("pop3-slow-auth", "sessions/s", "sessions_per_s", target="full overlap" + (f": {overlap}" if overlap else ""),
+        row("pop3-slow-auth", "sessions/s", "sessions_per_s", target=">= 0.5x" + (f"; {overlap}" if overlap else ""),
             met=met("pop3-slow-auth"))
     for case in sorted((c for c in cases if c.startswith("imap-idle-")), key=lambda c: int(c.rsplit("-", 1)[1])):
         last = _target_for(results, case)
