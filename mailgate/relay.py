@@ -233,6 +233,8 @@ class _Direction:
     # --- watcher callbacks (run in the hub) --------------------------------------
 
     def on_readable(self) -> None:
+        if self.relay.finished:
+            return  # a callback queued before the end (run_callback below)
         try:
             self._pump()
         except Exception as err:  # noqa: BLE001 - see Relay.crashed
