@@ -40,8 +40,13 @@ def login(sock: socket.socket) -> None:
 
 def pipes(pid: int) -> int:
     """Pipes the process holds open (the relay's splice pipes among them)."""
-    links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    return sum(link.startswith("pipe:") for link in links)
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except FileNotFoundError:
+            pass  # closed since the listing: the relay opens and closes pipes as it goes
+    return count
 
 
 def echo_through(sock: socket.socket, payload: bytes, read_delay: float) -> bytes:
