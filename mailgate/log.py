@@ -169,14 +169,16 @@ class ErrorLog:
     """The error log of one context (main, or a server): several targets."""
 
     targets: list[tuple[int, Sink]] = field(default_factory=list)
+    # The most verbose level any target takes; asked before every line is
+    # built (and several times per login), so computed once.
+    max_rank: int = field(init=False, default=-1)
+
+    def __post_init__(self) -> None:
+        self.max_rank = max((rank for rank, _ in self.targets), default=-1)
 
     @classmethod
     def build(cls, targets: tuple[LogTarget, ...], registry: SinkRegistry) -> ErrorLog:
         return cls([(LEVEL_RANK[t.level], registry.get(t)) for t in targets])
-
-    @property
-    def max_rank(self) -> int:
-        return max((rank for rank, _ in self.targets), default=-1)
 
     def enabled(self, level: str) -> bool:
         return LEVEL_RANK[level] <= self.max_rank
