@@ -149,3 +149,16 @@ def test_worker_connections_counts_logged_in_sessions(make_mailgate, echo_auth):
         third.settimeout(10)
         assert recv_until(third, b"\r\n") == EchoBackend.greeting.replace(b"echo", b"POP3")
     second.close()
+
+
+def test_bytes_pipelined_after_the_login_over_tls_reach_the_backend(tls_mailgate, echo_auth, ca):  # noqa: F811
+    """Sent with the login in one TLS write: part is still in OpenSSL's buffer
+    (decrypted, nothing left on the socket) when the relay starts."""
+    mg = tls_mailgate(echo_auth, "pop3")
+    payload = b"z" * 12000 + b"\r\n"
+    raw = socket.create_connection(("127.0.0.1", mg.port), timeout=30)
+    with client_context(ca).wrap_socket(raw, server_hostname="mail.test") as sock:
+        assert recv_until(sock, b"\r\n").startswith(b"+OK")
+        sock.sendall(b"USER alice\r\nPASS wonderland\r\n" + payload)
+        received = recv_until(sock, payload)
+        assert received.endswith(b"+OK logged in\r\n" + payload)
