@@ -112,11 +112,20 @@ class SyslogSink(Sink):
 
 def _syslog_socket(server: str) -> tuple[socket.socket, object]:
     if server.startswith("unix:"):
-        return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), server[5:]
+        return _non_blocking(socket.AF_UNIX), server[5:]
     host, _, port = server.rpartition(":") if server.rsplit(":", 1)[-1].isdigit() else (server, "", "514")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.socket(family, socket.SOCK_DGRAM), (host, int(port))
+    return _non_blocking(family), (host, int(port))
+
+
+def _non_blocking(family: int) -> socket.socket:
+    # A syslog daemon that does not read fills a unix socket's queue; a line
+    # is then dropped (as nginx's non-blocking syslog socket drops it) rather
+    # than waited for: the relay logs from the event loop, which must not block.
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
 
 
 class SinkRegistry:

@@ -97,3 +97,17 @@ def test_syslog_target_sends_rfc3164_datagrams():
     receiver.close()
     # facility mail (2) * 8 + severity error (3) = 19
     assert re.match(r"^<19>\w{3} [ \d]\d \d\d:\d\d:\d\d mg: \[error\] \d+#0: \*4 auth http server", packet), packet
+
+
+def test_syslog_lines_are_dropped_not_waited_for_when_the_daemon_stops_reading(tmp_path):
+    path = str(tmp_path / "log.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)  # never read: its queue fills up
+    target = LogTarget("syslog", "info", server=f"unix:{path}", facility="mail", tag="mg", severity="error",
+                       nohostname=True)
+    log = ErrorLog.build((target,), SinkRegistry())
+    for n in range(5000):  # far more than a unix datagram queue holds
+        log.log("error", f"line {n}", n)
+    receiver.settimeout(5)
+    assert receiver.recv(4096).endswith(b"line 0")  # the first ones went through
+    receiver.close()
