@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real mail software the end-to-end suite (tests/e2e) runs
 # mailgate against: Dovecot (IMAP, POP3), Postfix (SMTP) and the clients curl,
-# swaks and fetchmail. Debian bookworm, as root; non-interactive and
+# swaks (with Net::SSLeay for its TLS, only a Recommends of the package) and
+# fetchmail. Debian bookworm, as root; non-interactive and
 # idempotent (nothing is downloaded when everything is installed already).
 #
 # No service is started or configured system-wide: Postfix is preseeded with
@@ -17,7 +18,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 packages=(
     dovecot-core dovecot-imapd dovecot-pop3d
     postfix
-    swaks fetchmail curl
+    swaks libnet-ssleay-perl fetchmail curl
     openssl
 )
 
