@@ -84,15 +84,14 @@ CURRENT: ContextVar[Exchange | None] = ContextVar("mailgate_auth_exchange", defa
 
 class HeadReadError(Exception):
     """The response head was read but cannot be handed to http.client (no
-    status line, invalid, incomplete, too long). ``head`` holds the bytes read,
-    ``parsed`` what ``scan_response_head`` made of them.
+    status line, invalid, incomplete, too long). ``parsed`` is what
+    ``scan_response_head`` made of the bytes read.
 
     Deliberately not an OSError or HTTPException: urllib3 and requests let it
     through unchanged, and urllib3 closes and discards the connection."""
 
     def __init__(self, head: bytes, parsed: ResponseHead) -> None:
         super().__init__(f"auth http response head of {len(head)} bytes")
-        self.head = head
         self.parsed = parsed
 
 
@@ -203,13 +202,12 @@ def _partial_line_invalid(tail: bytes) -> bool:
 class HeadResponse(http.client.HTTPResponse):
     """An http.client response whose head is read by nginx's rules.
 
-    ``mailgate_head`` is the head as read, ``mailgate_parsed`` what
-    ``scan_response_head`` made of it (the decision is taken from that)."""
+    ``mailgate_parsed`` is what ``scan_response_head`` made of the head (the
+    decision is taken from that)."""
 
     def __init__(self, sock: Any, debuglevel: int = 0, method: str | None = None, url: str | None = None) -> None:
         super().__init__(sock, debuglevel, method, url)
         self._mg_sock = sock
-        self.mailgate_head = b""
         self.mailgate_parsed = ResponseHead(AGAIN)
         self.mailgate_reusable = False
 
@@ -218,7 +216,6 @@ class HeadResponse(http.client.HTTPResponse):
             return
         exchange = CURRENT.get()
         raw, head = self._read_head(exchange)
-        self.mailgate_head = raw
         self.mailgate_parsed = head
         match = STATUS_LINE.match(raw) if head.state == DONE else None
         if match is None:

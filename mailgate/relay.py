@@ -86,7 +86,6 @@ class Relay:
         self.on_done = on_done
         self.counters = Counters()
         self.last_activity = time.monotonic()
-        self.outcome = DONE
         self.finished = False
         self.timer = None
         kind = _direction_class(client, backend)
@@ -112,7 +111,6 @@ class Relay:
         if self.finished:
             return
         self.finished = True
-        self.outcome = outcome
         self.upstream.close()
         self.downstream.close()
         if self.timer is not None:
@@ -251,28 +249,33 @@ class _Direction:
 
     def _pump(self) -> None:
         for _ in range(BURST):
-            try:
-                data = self.src.recv(self.size)
-            except _WOULD_BLOCK:
-                self._arm(self.readable, self.on_readable)
-                return
-            except ssl.SSLWantWriteError:
-                self._arm(self._watcher(self.src, WRITE), self.on_readable)
-                return
-            except OSError as err:
-                self.relay.read_failed(self, err)
-                return
-            if not data:
-                self.relay.end_of_stream(self)
-                return
-            self.relay.activity()
-            self.pending = memoryview(data)
-            if not self._flush():
+            if not self._read_once():
                 return
         self._arm(self.readable, self.on_readable)
         if self.src_tls and self.src.pending():
             # Records already decrypted do not make the socket readable.
             self.relay.loop.run_callback(self.on_readable)
+
+    def _read_once(self) -> int:
+        """Read once and send what came: the bytes moved, or 0 when pumping
+        stops here (a watcher is armed, or the direction or session ended)."""
+        try:
+            data = self.src.recv(self.size)
+        except _WOULD_BLOCK:
+            self._arm(self.readable, self.on_readable)
+            return 0
+        except ssl.SSLWantWriteError:
+            self._arm(self._watcher(self.src, WRITE), self.on_readable)
+            return 0
+        except OSError as err:
+            self.relay.read_failed(self, err)
+            return 0
+        if not data:
+            self.relay.end_of_stream(self)
+            return 0
+        self.relay.activity()
+        self.pending = memoryview(data)
+        return len(data) if self._flush() else 0
 
     def _flush(self) -> bool:
         """Send ``pending``; False if the rest must wait for ``dst`` (the
@@ -340,50 +343,35 @@ class _SpliceDirection(_Direction):
 
     def _pump(self) -> None:
         for _ in range(BURST):
-            if self.pipe_w < 0:
-                if not self._copy_once():
-                    return
-                continue
-            try:
-                moved = os.splice(self.src.fileno(), self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                # The pipe is always drained before a read, so the source is
-                # empty: the burst is over.
-                self._close_pipe()
-                self._arm(self.readable, self.on_readable)
-                return
-            except OSError as err:
-                self.relay.read_failed(self, err)
-                return
+            if self.pipe_w >= 0:
+                moved = self._splice_once()
+            else:
+                moved = self._read_once()
+                if moved == self.size:
+                    self._open_pipe()  # a full read: a message is streaming
             if not moved:
-                self.relay.end_of_stream(self)
-                return
-            self.relay.activity()
-            self.in_pipe = moved
-            if not self._flush():
                 return
         self._arm(self.readable, self.on_readable)
 
-    def _copy_once(self) -> bool:
-        """One read through Python; True to go on pumping."""
+    def _splice_once(self) -> int:
+        """``_read_once`` through the pipe."""
         try:
-            data = self.src.recv(self.size)
+            moved = os.splice(self.src.fileno(), self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
         except BlockingIOError:
+            # The pipe is always drained before a read, so the source is
+            # empty: the burst is over.
+            self._close_pipe()
             self._arm(self.readable, self.on_readable)
-            return False
+            return 0
         except OSError as err:
             self.relay.read_failed(self, err)
-            return False
-        if not data:
+            return 0
+        if not moved:
             self.relay.end_of_stream(self)
-            return False
+            return 0
         self.relay.activity()
-        self.pending = memoryview(data)
-        if not self._flush():
-            return False
-        if len(data) == self.size:
-            self._open_pipe()
-        return True
+        self.in_pipe = moved
+        return moved if self._flush() else 0
 
     def _flush(self) -> bool:
         if self.pending is not None and not super()._flush():

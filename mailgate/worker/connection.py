@@ -19,7 +19,7 @@ from mailgate.log import ErrorLog, SessionContext, SessionLog
 from mailgate.protocol.base import Authenticate, Close, Credentials, Log, Send, StartTLS
 from mailgate.protocol.proxy_protocol import ProxyHeader
 from mailgate.realip import real_client
-from mailgate.relay import Relay
+from mailgate.relay import DONE, SHUTDOWN, Relay
 from mailgate.sockets import send_all
 from mailgate.upstream import UpstreamError, connect_and_login
 from mailgate.worker.edge import EdgeClosed, handshake, proxy_header_out, read_proxy_header, tlvs_of
@@ -350,9 +350,9 @@ class Connection:
         self.backend.close()
         self.bytes_in += self.relay.counters.from_client
         self.bytes_out += self.relay.counters.to_client
-        if outcome == "shutdown-timeout":
+        if outcome == SHUTDOWN:
             self.log.log("info", "shutdown timeout")
-        elif outcome == "proxied":
+        elif outcome == DONE:
             self.log.log("info", "proxied session done", with_action=False)
         self._end()
 
@@ -360,7 +360,7 @@ class Connection:
         """worker_shutdown_timeout expired: proxied sessions end now; sessions
         still before login go on until they finish (SPEC 11)."""
         if self.relay is not None:
-            self.relay.abort("shutdown-timeout")
+            self.relay.abort(SHUTDOWN)
 
     # --- the summary line -----------------------------------------------------
 

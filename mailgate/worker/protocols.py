@@ -69,7 +69,7 @@ def _settings(server: Server, tls_active: bool):  # noqa: ANN202 - each protocol
 
 def client_buffer(server: Server) -> int:
     """The client->backend buffer of the protocol (SPEC 9.7)."""
-    return PROTOCOLS[server.protocol][2](server)[2]
+    return _settings(server, False).client_buffer
 
 
 # What the client is told before the close when its certificate is refused

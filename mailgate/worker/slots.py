@@ -28,9 +28,6 @@ class SessionSlots:
         self._idle = Event()
         self._idle.set()
 
-    def __len__(self) -> int:
-        return self.size - self._semaphore.counter
-
     def full(self) -> bool:
         return self._semaphore.counter <= 0
 
