@@ -54,6 +54,8 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import SKIP_HEADER
 
+from mailgate.sockets import send_all
+
 # A body is read (and dropped) to keep the connection only when Content-Length
 # announces at most this much; otherwise the connection is closed unread.
 MAX_DRAINED_BODY = 64 * 1024
@@ -399,6 +401,14 @@ class NginxHTTPConnection(HTTPConnection):
             super().request(method, exchange.uri, body=None, headers=_SKIP_DEFAULTS, **kwargs)
         finally:
             self._mg_lines = None
+
+    def send(self, data: Any) -> None:
+        # The request head is one bytes object: one send() (mailgate.sockets),
+        # not gevent's sendall(), which asks for SO_SNDBUF on every call.
+        if self.sock is not None and isinstance(data, bytes):
+            send_all(self.sock, data)
+        else:
+            super().send(data)  # connects first, or a body http.client iterates
 
     def endheaders(self, message_body: Any = None, *, encode_chunked: bool = False) -> None:
         lines, self._mg_lines = self._mg_lines, None
