@@ -5,7 +5,10 @@ Modes (each prints one JSON object on stdout; ``idle`` prints two):
 * ``login``: ``--concurrency`` sessions at a time, each a full POP3
   USER/PASS/QUIT or IMAP LOGIN/LOGOUT, a new one as soon as one ends, for
   ``--warmup`` + ``--duration`` seconds; sessions that end within the
-  measured window count. asyncio protocols (uvloop when installed).
+  measured window count. asyncio protocols (uvloop when installed). With
+  ``--rate R``, sessions start at R per second instead (at most
+  ``--concurrency`` in flight; a start that finds them all busy is skipped
+  and counted), so two proxies can be compared doing the same work.
 * ``idle``: ``--sessions`` IMAP sessions logged in (``--concurrency`` logins
   in flight) and held; then every session sends NOOP and must get its OK
   back through the proxy. Prints ``READY {...}``, waits for a line on stdin
@@ -153,6 +156,7 @@ class LoginRun:
         self.all_done = asyncio.Event()
         self.window = (0.0, 0.0)
         self.stop_at = 0.0
+        self.skipped = 0  # paced starts that found --concurrency sessions in flight
 
     def start_one(self) -> None:
         self.in_flight += 1
@@ -180,7 +184,7 @@ class LoginRun:
             key = error or "?"
             if len(self.error_samples) < 10 or key in self.error_samples:
                 self.error_samples[key] = self.error_samples.get(key, 0) + 1
-        if now < self.stop_at:
+        if now < self.stop_at and not self.args.rate:
             if not ok:
                 # Do not spin on a refused connection: back off a little.
                 self.in_flight += 1
@@ -199,8 +203,11 @@ class LoginRun:
         start = time.perf_counter()
         self.window = (start + args.warmup, start + args.warmup + args.duration)
         self.stop_at = self.window[1]
-        for _ in range(args.concurrency):
-            self.start_one()
+        if args.rate:
+            self.loop.create_task(self._pace(start))
+        else:
+            for _ in range(args.concurrency):
+                self.start_one()
         await asyncio.sleep(args.warmup)
         before = sampler.snapshot()
         await asyncio.sleep(max(0.0, self.window[1] - time.perf_counter()))
@@ -221,6 +228,7 @@ class LoginRun:
             "p99_ms": _ms(percentile(self.latencies, 99)),
             "max_ms": _ms(max(self.latencies) if self.latencies else None),
             "left_in_flight": self.in_flight,
+            **({"paced_per_s": args.rate, "skipped": self.skipped} if args.rate else {}),
             **cpu,
         }
         if cpu["proxy_cpu_s"] > 0 and self.completed:
@@ -231,6 +239,24 @@ class LoginRun:
             # work (softirq) done on that core, which no process is charged.
             result["sessions_per_core_s"] = round(self.completed / cpu["proxy_core_busy_s"], 1)
         return result
+
+
+    async def _pace(self, start: float) -> None:
+        """Start sessions at --rate per second until the window ends."""
+        started = 0
+        while (now := time.perf_counter()) < self.stop_at:
+            due = int((now - start) * self.args.rate) - started
+            while due > 0 and self.in_flight < self.args.concurrency:
+                self.start_one()
+                started += 1
+                due -= 1
+            if due > 0:
+                if now >= self.window[0]:
+                    self.skipped += due
+                started += due
+            await asyncio.sleep(0.001)
+        if self.in_flight == 0:
+            self.all_done.set()
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -535,6 +561,7 @@ def main() -> None:
     parser.add_argument("--proto", choices=("pop3", "imap", "smtp"), default="pop3")
     parser.add_argument("--user", default=wire.USER)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=0.0, help="login: sessions started per second (0: closed loop)")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--sessions", type=int, default=8)
