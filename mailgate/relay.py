@@ -51,6 +51,11 @@ BURST = 16
 # pipe of this size (the kernel caps it at /proc/sys/fs/pipe-max-size).
 PIPE_SIZE = 1 << 20
 SPLICE = hasattr(os, "splice")
+# A streaming direction keeps its pipe through the short pauses between its
+# sender's bursts (opening and sizing a pipe for every burst cost about a
+# tenth of an upload's CPU, bench/PROFILE.md); a pipe its direction has not
+# used for this long is closed, so idle sessions hold no extra descriptors.
+PIPE_IDLE = 1.0
 
 # Nothing to read right now (plain socket: EAGAIN; TLS: no whole record yet).
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
@@ -331,15 +336,17 @@ class _SpliceDirection(_Direction):
     """A direction between two plain sockets. Small reads are copied as
     above; once a read fills the whole buffer (a message is streaming), the
     bytes go socket -> pipe -> socket inside the kernel with splice(2) and are
-    never copied into Python. The pipe is given back as soon as the source
-    has nothing more to read, so idle sessions hold no extra descriptors."""
+    never copied into Python. The pipe is kept through the pauses of a
+    stream and given back once unused for PIPE_IDLE, so idle sessions hold no
+    extra descriptors."""
 
-    __slots__ = ("pipe_r", "pipe_w", "in_pipe")
+    __slots__ = ("pipe_r", "pipe_w", "in_pipe", "paused_at")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - as _Direction
         super().__init__(*args, **kwargs)
         self.pipe_r = self.pipe_w = -1
         self.in_pipe = 0  # bytes spliced into the pipe, not yet out of it
+        self.paused_at = 0.0  # loop time the source last ran dry with the pipe open; 0 while streaming
 
     def _pump(self) -> None:
         for _ in range(BURST):
@@ -359,8 +366,9 @@ class _SpliceDirection(_Direction):
             moved = os.splice(self.src.fileno(), self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             # The pipe is always drained before a read, so the source is
-            # empty: the burst is over.
-            self._close_pipe()
+            # empty: the burst is over. The pipe stays for the next one,
+            # unless none comes within PIPE_IDLE (_PipeReaper).
+            self.paused_at = self.relay.loop.now()
             self._arm(self.readable, self.on_readable)
             return 0
         except OSError as err:
@@ -370,6 +378,7 @@ class _SpliceDirection(_Direction):
             self.relay.end_of_stream(self)
             return 0
         self.relay.activity()
+        self.paused_at = 0.0
         self.in_pipe = moved
         return moved if self._flush() else 0
 
@@ -398,6 +407,12 @@ class _SpliceDirection(_Direction):
             fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # a smaller pipe only means more calls
+        self.paused_at = 0.0
+        _PipeReaper.of(self.relay.loop).hold(self)
+
+    def idle_pipe(self, now: float) -> bool:
+        """Whether the pipe is empty and unused for PIPE_IDLE seconds."""
+        return self.paused_at > 0 and self.in_pipe == 0 and now - self.paused_at >= PIPE_IDLE
 
     def _close_pipe(self) -> None:
         if self.pipe_w >= 0:
@@ -405,6 +420,7 @@ class _SpliceDirection(_Direction):
             os.close(self.pipe_w)
             self.pipe_r = self.pipe_w = -1
             self.in_pipe = 0
+            _PipeReaper.of(self.relay.loop).release(self)
 
     def close(self) -> None:
         super().close()
@@ -412,6 +428,42 @@ class _SpliceDirection(_Direction):
 
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class _PipeReaper:
+    """Closes the splice pipes that went idle: one timer per event loop,
+    running only while some direction holds a pipe."""
+
+    _by_loop: dict[int, _PipeReaper] = {}
+
+    def __init__(self, loop) -> None:  # noqa: ANN001 - a gevent loop
+        self.loop = loop
+        self.held: set[_SpliceDirection] = set()
+        self.timer = None
+
+    @classmethod
+    def of(cls, loop) -> _PipeReaper:  # noqa: ANN001 - a gevent loop
+        reaper = cls._by_loop.get(id(loop))
+        if reaper is None or reaper.loop is not loop:
+            reaper = cls._by_loop[id(loop)] = cls(loop)
+        return reaper
+
+    def hold(self, direction: _SpliceDirection) -> None:
+        self.held.add(direction)
+        if self.timer is None:
+            self.timer = self.loop.timer(PIPE_IDLE, PIPE_IDLE)
+            self.timer.start(self._sweep)
+
+    def release(self, direction: _SpliceDirection) -> None:
+        self.held.discard(direction)
+
+    def _sweep(self) -> None:
+        now = self.loop.now()
+        for direction in [d for d in self.held if d.idle_pipe(now)]:
+            direction._close_pipe()
+        if not self.held and self.timer is not None:
+            self.timer.stop()
+            self.timer = None
 
 
 def _direction_class(client: socket.socket, backend: socket.socket) -> type[_Direction]:

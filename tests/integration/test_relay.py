@@ -38,15 +38,23 @@ def login(sock: socket.socket) -> None:
     assert recv_until(sock, b"+OK logged in\r\n").endswith(b"+OK logged in\r\n")
 
 
-def pipes(pid: int) -> int:
-    """Pipes the process holds open (the relay's splice pipes among them)."""
-    count = 0
+def pipe_ids(pid: int) -> set[str]:
+    """The pipes the process holds open, by identity (``pipe:[inode]``): the
+    relay's splice pipes among them."""
+    found = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
-            pass  # closed since the listing: the relay opens and closes pipes as it goes
-    return count
+            continue  # closed since the listing: the relay opens and closes pipes as it goes
+        if link.startswith("pipe:"):
+            found.add(link)
+    return found
+
+
+def pipes(pid: int) -> int:
+    """How many pipes the process holds open (each has two ends)."""
+    return len(pipe_ids(pid))
 
 
 def echo_through(sock: socket.socket, payload: bytes, read_delay: float) -> bytes:
@@ -105,6 +113,31 @@ def test_bulk_both_ways_with_a_late_reader(make_mailgate, echo_auth):
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""  # the backend saw the EOF, closed, and the session ended
     mg.wait_log(rf"session summary: .* bytes_in={SIZE + 29} bytes_out={SIZE + 36} .* outcome=proxied")
+
+
+def test_a_streaming_direction_keeps_its_pipe_through_pauses(make_mailgate, echo_auth):
+    # Senders pause between bursts (a message ends, the next command waits
+    # for its reply): each direction keeps the pipe it opened for the next
+    # burst instead of making a new one, and gives it back only after
+    # PIPE_IDLE (1 s) without one.
+    mg = make_mailgate(echo_auth.port)
+    [worker] = mg.workers()
+    idle = pipe_ids(worker)
+    payload = os.urandom(1024 * 1024)
+    kept: list[set[str]] = []
+    with socket.create_connection(("127.0.0.1", mg.port), timeout=30) as sock:
+        login(sock)
+        for _ in range(6):
+            assert echo_through(sock, payload, read_delay=0.0) == payload
+            time.sleep(0.1)
+            kept.append(pipe_ids(worker) - idle)
+        assert kept[0]
+        assert all(before <= after for before, after in zip(kept, kept[1:])), kept  # none replaced
+        started = time.monotonic()
+        wait_for(lambda: pipe_ids(worker) == idle, what="the idle splice pipes to be closed")
+        assert time.monotonic() - started < 3.0
+        assert echo_through(sock, payload, read_delay=0.0) == payload  # and streams again after
+    mg.wait_log(r"session summary: .* outcome=proxied")
 
 
 def test_bulk_both_ways_over_tls(tls_mailgate, echo_auth, ca):  # noqa: F811 - fixtures
