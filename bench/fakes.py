@@ -14,7 +14,8 @@ One process serves them all, on loopback ports it picks itself, and prints
   what the login and idle workloads need, at a small cost per session;
 * the bulk backends (one blocking thread per session, the GIL released in
   every send and receive) serve POP3 RETR and IMAP FETCH of 16 MiB messages
-  and take SMTP DATA of any size.
+  (with sendfile(2)) and take SMTP DATA of any size (dropped in the kernel
+  with splice(2) when MAIL FROM announced its SIZE=; bench/zerocopy.py).
 
 The process ends when its standard input closes (the orchestrator is gone),
 on SIGTERM, or after ``--max-seconds``.
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -35,6 +37,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import wire  # noqa: E402
+import zerocopy  # noqa: E402
 
 try:
     import uvloop
@@ -233,6 +236,17 @@ class Reader:
                 return None
             self.buf += chunk
 
+    def data_sized(self, size: int) -> int | None:
+        """A DATA body the client announced with SIZE= (bench/loadgen.py
+        does), dropped in the kernel; only its final dot line is read."""
+        try:
+            tail = zerocopy.skip(self.sock, self.buf, size, 5)
+        except ConnectionError:
+            return None
+        if tail != b"\r\n.\r\n":
+            raise ConnectionError(f"DATA of SIZE={size} ends with {tail!r}")
+        return size
+
     def data(self, scratch: bytearray) -> int | None:
         """Consume a DATA body up to and including CRLF.CRLF; its size."""
         mark = b"\r\n.\r\n"
@@ -275,7 +289,7 @@ def _bulk_pop3(sock: socket.socket, ctx: dict) -> None:
             return
         cmd = line[:4].upper()
         if cmd == b"RETR":
-            sock.sendall(ctx["pop3_retr"])
+            zerocopy.send_file(sock, *ctx["pop3_retr"])
         elif cmd == b"QUIT":
             sock.sendall(b"+OK bye\r\n")
             return
@@ -302,7 +316,7 @@ def _bulk_imap(sock: socket.socket, ctx: dict) -> None:
         tag = parts[0]
         verb = parts[1].strip().upper() if len(parts) > 1 else b""
         if verb == b"FETCH":
-            sock.sendall(ctx["imap_fetch"])
+            zerocopy.send_file(sock, *ctx["imap_fetch"])
             sock.sendall(wire.imap_fetch_done(tag))
         elif verb == b"LOGOUT":
             sock.sendall(b"* BYE logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
@@ -314,6 +328,7 @@ def _bulk_imap(sock: socket.socket, ctx: dict) -> None:
 def _bulk_smtp(sock: socket.socket, ctx: dict) -> None:
     reader = Reader(sock)
     scratch = bytearray(SCRATCH)
+    announced = 0  # MAIL FROM's SIZE=
     sock.sendall(b"220 fake ESMTP bulk ready\r\n")
     while True:
         line = reader.line()
@@ -321,10 +336,10 @@ def _bulk_smtp(sock: socket.socket, ctx: dict) -> None:
             return
         cmd = line[:4].upper()
         if cmd in (b"EHLO", b"HELO"):
-            sock.sendall(b"250-fake\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            sock.sendall(b"250-fake\r\n250-PIPELINING\r\n250-SIZE\r\n250 8BITMIME\r\n")
         elif cmd == b"DATA":
             sock.sendall(b"354 go ahead\r\n")
-            size = reader.data(scratch)
+            size = reader.data_sized(announced) if announced else reader.data(scratch)
             if size is None:
                 return
             ctx["stats"]["smtp_bytes"] += size
@@ -332,7 +347,11 @@ def _bulk_smtp(sock: socket.socket, ctx: dict) -> None:
         elif cmd == b"QUIT":
             sock.sendall(b"221 2.0.0 bye\r\n")
             return
-        elif cmd in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+        elif cmd == b"MAIL":
+            found = re.search(rb" SIZE=(\d+)", line, re.IGNORECASE)
+            announced = int(found.group(1)) if found else 0
+            sock.sendall(b"250 2.0.0 ok\r\n")
+        elif cmd in (b"RCPT", b"RSET", b"NOOP"):
             sock.sendall(b"250 2.0.0 ok\r\n")
         elif cmd == b"XCLI":
             sock.sendall(b"220 fake ESMTP bulk ready\r\n")
@@ -384,8 +403,9 @@ async def serve(args) -> None:
 
     ctx = {"stats": stats}
     if not args.no_bulk:
-        ctx["pop3_retr"] = wire.pop3_retr_reply(wire.DOWNLOAD_MESSAGE)
-        ctx["imap_fetch"] = wire.imap_fetch_reply(wire.DOWNLOAD_MESSAGE)
+        for key, reply in (("pop3_retr", wire.pop3_retr_reply(wire.DOWNLOAD_MESSAGE)),
+                           ("imap_fetch", wire.imap_fetch_reply(wire.DOWNLOAD_MESSAGE))):
+            ctx[key] = (zerocopy.memfile(reply), len(reply))  # sent with sendfile(2)
     bulk = {}
     for name, handler in ((b"pop3", _bulk_pop3), (b"imap", _bulk_imap), (b"smtp", _bulk_smtp)):
         sock = _listener()

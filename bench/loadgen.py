@@ -39,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import wire  # noqa: E402
+import zerocopy  # noqa: E402
 from procstat import Sampler  # noqa: E402
 
 try:
@@ -411,19 +412,8 @@ class Line:
             if line[3:4] != b"-":
                 return
 
-    def read_exact(self, size: int, scratch: bytearray, tail_len: int) -> bytes:
-        """Read ``size`` bytes (discarded); returns the last ``tail_len``."""
-        got = min(len(self.buf), size)
-        tail = bytes(self.buf[:got])[-tail_len:]
-        del self.buf[:got]
-        view = memoryview(scratch)
-        while got < size:
-            n = self.sock.recv_into(view[:min(len(scratch), size - got)])
-            if n == 0:
-                raise ConnectionError(f"closed after {got} of {size} bytes")
-            got += n
-            tail = (tail + bytes(view[max(0, n - tail_len):n]))[-tail_len:]
-        return tail
+    def skip(self, size: int, tail_len: int) -> bytes:
+        return zerocopy.skip(self.sock, self.buf, size, tail_len)
 
 
 def _connect(port: int) -> tuple[socket.socket, Line]:
@@ -433,7 +423,6 @@ def _connect(port: int) -> tuple[socket.socket, Line]:
 
 
 def download_session(args, count: int, barrier: threading.Barrier, out: dict) -> None:
-    scratch = bytearray(1 << 20)
     user = wire.BULK_PREFIX + "-dl"
     try:
         sock, r = _connect(args.port)
@@ -448,7 +437,7 @@ def download_session(args, count: int, barrier: threading.Barrier, out: dict) ->
                 barrier.wait(IO_TIMEOUT)
                 for _ in range(count):
                     sock.sendall(b"RETR 1\r\n")
-                    tail = r.read_exact(reply + 3, scratch, 5)
+                    tail = r.skip(reply + 3, 5)
                     if tail != b"\r\n.\r\n":
                         raise ConnectionError(f"RETR reply ends with {tail!r}")
                     out["bytes"] += wire.DOWNLOAD_MESSAGE
@@ -465,7 +454,7 @@ def download_session(args, count: int, barrier: threading.Barrier, out: dict) ->
                     done = wire.imap_fetch_done(tag)
                     sock.sendall(tag + b" FETCH 1 BODY[]\r\n")
                     size = head + wire.DOWNLOAD_MESSAGE + 3 + len(done)
-                    tail = r.read_exact(size, scratch, len(done))
+                    tail = r.skip(size, len(done))
                     if tail != done:
                         raise ConnectionError(f"FETCH reply ends with {tail!r}")
                     out["bytes"] += wire.DOWNLOAD_MESSAGE
@@ -477,7 +466,8 @@ def download_session(args, count: int, barrier: threading.Barrier, out: dict) ->
 
 
 def upload_session(args, count: int, barrier: threading.Barrier, out: dict) -> None:
-    data = out["message"]
+    data_fd, size = out["message"]
+    mail = b"MAIL FROM:<bench@example.org> SIZE=%d\r\n" % size  # the sink drops exactly this much (RFC 1870)
     try:
         sock, r = _connect(args.port)
         with sock:
@@ -488,15 +478,15 @@ def upload_session(args, count: int, barrier: threading.Barrier, out: dict) -> N
             r.smtp_reply(b"235")
             barrier.wait(IO_TIMEOUT)
             for _ in range(count):
-                sock.sendall(b"MAIL FROM:<bench@example.org>\r\n")
+                sock.sendall(mail)
                 r.smtp_reply(b"250")
                 sock.sendall(b"RCPT TO:<sink@example.org>\r\n")
                 r.smtp_reply(b"250")
                 sock.sendall(b"DATA\r\n")
                 r.smtp_reply(b"354")
-                sock.sendall(data)
+                zerocopy.send_file(sock, data_fd, size)
                 r.smtp_reply(b"250")
-                out["bytes"] += len(data) - 3
+                out["bytes"] += size - 3
             sock.sendall(b"QUIT\r\n")
             r.smtp_reply(b"221")
     except (OSError, ConnectionError, threading.BrokenBarrierError) as err:
@@ -522,7 +512,10 @@ def run_bulk(args, sampler: Sampler) -> dict:
     barrier = threading.Barrier(args.sessions, action=started)
     outs = []
     threads = []
-    shared_message = wire.smtp_data(message) if args.mode == "upload" else None
+    shared_message = None
+    if args.mode == "upload":
+        data = wire.smtp_data(message)
+        shared_message = (zerocopy.memfile(data), len(data))
     for _ in range(args.sessions):
         out = {"bytes": 0, "errors": [], "message": shared_message}
         outs.append(out)
