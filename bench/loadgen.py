@@ -241,7 +241,6 @@ class LoginRun:
             result["sessions_per_core_s"] = round(self.completed / cpu["proxy_core_busy_s"], 1)
         return result
 
-
     async def _pace(self, start: float) -> None:
         """Start sessions at --rate per second until the window ends."""
         started = 0
